@@ -1,0 +1,40 @@
+# Everything the project needs is installed into .venv by these targets, from nothing
+# but Python, pip and make.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck pytest docs examples soak clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade "pip>=25.1"
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e . --group dev
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python examples/demo.py
+
+test: lint typecheck pytest docs
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+	$(BIN)/pyright
+	$(BIN)/pyright --verifytypes anyio_keyq --ignoreexternal
+
+pytest: $(STAMP)
+	$(BIN)/pytest --cov --cov-report=term-missing
+
+docs: $(STAMP)
+	$(BIN)/sphinx-build -q -n -W --keep-going -b html docs docs/_build/html
+
+soak: $(STAMP)
+	$(BIN)/pytest -m slow -p no:cacheprovider --count 20 tests
+
+clean:
+	rm -rf $(VENV) docs/_build .coverage .mypy_cache .pytest_cache .ruff_cache

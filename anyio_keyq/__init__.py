@@ -1,0 +1,27 @@
+"""Structured concurrency per key for anyio and trio."""
+
+from ._exceptions import JobCancelled as JobCancelled
+from ._exceptions import LaneDeadlock as LaneDeadlock
+from ._exceptions import LaneFull as LaneFull
+from ._exceptions import LanesClosed as LanesClosed
+from ._job import Job as Job
+from ._job import JobStatus as JobStatus
+from ._lanes import KeyedLanes as KeyedLanes
+from ._lanes import LanesStatistics as LanesStatistics
+from ._lanes import TaskSpawner as TaskSpawner
+from ._util import fixup_module_metadata as _fixup_module_metadata
+
+__all__ = (
+    "Job",
+    "JobCancelled",
+    "JobStatus",
+    "KeyedLanes",
+    "LaneDeadlock",
+    "LaneFull",
+    "LanesClosed",
+    "LanesStatistics",
+    "TaskSpawner",
+)
+
+_fixup_module_metadata(__name__, globals())
+del _fixup_module_metadata

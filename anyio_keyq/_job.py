@@ -1,0 +1,323 @@
+"""The job handle shared by every primitive that runs work on behalf of a caller."""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Awaitable, Callable, Generator, Hashable
+from contextvars import Context, ContextVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+
+import anyio
+from anyio.lowlevel import checkpoint
+
+from ._exceptions import JobCancelled
+from ._util import describe, final
+
+if TYPE_CHECKING:
+    from ._permits import Credit, Token
+
+T = TypeVar("T")
+
+logger = logging.getLogger("anyio_keyq")
+
+#: The job whose code is running in the current context, if any. Nested calls read it
+#: to detect waits that can never end and to lend the job's permit.
+current_job: ContextVar[Job[Any] | None] = ContextVar("anyio_keyq_current_job", default=None)
+
+
+class JobStatus(enum.Enum):
+    """Where a :class:`Job` is in its life. A job moves only forward, and settles once.
+
+    .. attribute:: QUEUED
+
+        Accepted and waiting for its turn.
+    .. attribute:: RUNNING
+
+        Started and not yet settled.
+    .. attribute:: FINISHED
+
+        Settled with a return value.
+    .. attribute:: FAILED
+
+        Settled with an exception (a timeout settles as :exc:`TimeoutError`).
+    .. attribute:: CANCELLED
+
+        Settled as cancelled: before it started, or while running.
+    """
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+_QUEUED = JobStatus.QUEUED
+_RUNNING = JobStatus.RUNNING
+_FINISHED = JobStatus.FINISHED
+_FAILED = JobStatus.FAILED
+_CANCELLED = JobStatus.CANCELLED
+
+
+class JobOwner(Protocol):
+    """What a :class:`Job` needs from the primitive that runs it."""
+
+    def _cancel_queued(self, job: Job[Any], /) -> None: ...
+
+    def _lend(self, waiter: Job[Any], job: Job[Any], /) -> Credit | None: ...
+
+    def _end_credit(self, credit: Credit, /) -> None: ...
+
+
+class _Unretrieved:
+    """Logs an exception nobody retrieved when its job handle is garbage-collected."""
+
+    __slots__ = ("exc", "job_repr")
+
+    def __init__(self, exc: BaseException, job_repr: str) -> None:
+        self.exc: BaseException | None = exc
+        self.job_repr = job_repr
+
+    def __del__(self) -> None:
+        if self.exc is not None:
+            logger.error("Exception of %s was never retrieved", self.job_repr, exc_info=self.exc)
+
+
+@final
+class Job(Generic[T]):
+    """A handle on one unit of work: await it for the result.
+
+    Jobs are created by the library (for example by
+    :meth:`KeyedLanes.submit <anyio_keyq.KeyedLanes.submit>`), never directly.
+    Every job settles exactly once, as a return value, an exception, or cancelled;
+    ``await job`` then returns the value, raises the exception, or raises
+    :exc:`JobCancelled`.
+
+    Awaiting a handle waits for the job but does not own it: if the awaiting task is
+    cancelled, the job goes on. Use :meth:`cancel` to cancel the job itself.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_args",
+        "_cancel_requested",
+        "_chain",
+        "_credit",
+        "_credits",
+        "_ctx",
+        "_event",
+        "_exc",
+        "_fn",
+        "_lane",
+        "_owner",
+        "_report",
+        "_scope",
+        "_status",
+        "_timeout",
+        "_token",
+        "_value",
+        "key",
+    )
+
+    key: Hashable
+    _value: T
+
+    def __init__(
+        self,
+        owner: JobOwner,
+        lane: Any,
+        key: Hashable,
+        fn: Callable[..., Awaitable[T]],
+        args: tuple[Any, ...],
+        ctx: Context,
+        timeout: float | None,
+        chain: tuple[tuple[object, Hashable], ...],
+    ) -> None:
+        self._owner = owner
+        self._lane = lane
+        self.key = key
+        self._fn = fn
+        self._args = args
+        self._ctx = ctx
+        self._timeout = timeout
+        self._chain = chain
+        self._status = _QUEUED
+        self._exc: BaseException | None = None
+        self._event: anyio.Event | None = None
+        self._scope: anyio.CancelScope | None = None
+        self._cancel_requested = False
+        self._token: Token | None = None
+        self._credit: Credit | None = None
+        self._credits: list[Credit] | None = None
+        self._report: _Unretrieved | None = None
+
+    # -- public surface ------------------------------------------------------------
+
+    @property
+    def status(self) -> JobStatus:
+        """The job's current :class:`JobStatus`."""
+        return self._status
+
+    @property
+    def timeout(self) -> float | None:
+        """The job's time limit in seconds, counted from its start (``None``: none)."""
+        return self._timeout
+
+    def done(self) -> bool:
+        """Return whether the job has settled (finished, failed or cancelled)."""
+        return self._status not in (_QUEUED, _RUNNING)
+
+    def cancel(self) -> None:
+        """Cancel the job: a queued job never starts, a running job is cancelled.
+
+        This is not a checkpoint and never blocks. A running job settles as cancelled
+        once its code has handled the cancellation (if it returns a value or raises
+        anyway, that outcome is kept). Cancelling a settled job does nothing.
+        """
+        if self._status is _QUEUED:
+            self._owner._cancel_queued(self)
+        elif self._status is _RUNNING and not self._cancel_requested:
+            self._cancel_requested = True
+            if self._scope is not None:
+                self._scope.cancel()
+
+    def result(self) -> T:
+        """Return the job's value, or raise its exception, once it has settled.
+
+        :raises JobCancelled: if the job was cancelled
+        :raises RuntimeError: if the job has not settled yet
+        """
+        if self._status is _FINISHED:
+            return self._value
+        if self._status is _FAILED:
+            assert self._exc is not None
+            self._mark_retrieved()
+            raise self._exc
+        if self._status is _CANCELLED:
+            raise JobCancelled(self.key)
+        raise RuntimeError(f"{self!r} has not settled yet; await it first")
+
+    def exception(self) -> BaseException | None:
+        """Return the job's exception (``None`` if it returned a value), once settled.
+
+        :raises JobCancelled: if the job was cancelled
+        :raises RuntimeError: if the job has not settled yet
+        """
+        if self._status is _FINISHED:
+            return None
+        if self._status is _FAILED:
+            self._mark_retrieved()
+            return self._exc
+        if self._status is _CANCELLED:
+            raise JobCancelled(self.key)
+        raise RuntimeError(f"{self!r} has not settled yet; await it first")
+
+    async def wait(self) -> None:
+        """Wait until the job has settled, without retrieving its outcome.
+
+        This is a checkpoint. If the awaiting task is cancelled, the job goes on.
+
+        :raises LaneDeadlock: if called from inside a job that this job's lane can
+            only start after (see :doc:`/lanes`)
+        """
+        if self._status is not _QUEUED and self._status is not _RUNNING:
+            await checkpoint()
+            return
+        credit = None
+        waiter = current_job.get()
+        if waiter is not None:
+            credit = self._owner._lend(waiter, self)
+        try:
+            if self._event is None:
+                self._event = anyio.Event()
+            await self._event.wait()
+        finally:
+            if credit is not None:
+                self._owner._end_credit(credit)
+
+    def __await__(self) -> Generator[Any, Any, T]:
+        return self._wait_result().__await__()
+
+    async def _wait_result(self) -> T:
+        await self.wait()
+        return self.result()
+
+    def __repr__(self) -> str:
+        return (
+            f"<anyio_keyq.Job key={self.key!r} fn={describe(self._fn)} "
+            f"status={self._status.value}>"
+        )
+
+    # -- for the owner -------------------------------------------------------------
+
+    def _mark_retrieved(self) -> None:
+        """Someone has seen (or given up on) the outcome: never report it."""
+        report = self._report
+        if report is not None:
+            report.exc = None
+            self._report = None
+
+    def _settle(self, status: JobStatus, value: Any = None, exc: BaseException | None = None) -> None:
+        self._status = status
+        if status is _FINISHED:
+            self._value = value
+        elif exc is not None:
+            self._exc = exc
+            self._report = _Unretrieved(exc, repr(self))
+        self._scope = None
+        self._args = ()
+        if self._event is not None:
+            self._event.set()
+
+    def _call(self) -> _InContext:
+        """Call the job's function in the submitter's context; await the result."""
+        return _InContext(self._ctx, self._ctx.run(self._fn, *self._args), self._fn)
+
+
+class _InContext:
+    """Drive an awaitable with every step run in *ctx*.
+
+    Lane workers are reused across jobs, so a job's coroutine does not get a task (and
+    a context) of its own. Stepping it inside a copy of the submitter's context gives
+    it what a task spawned by the submitter would see, and keeps context variables
+    set by one job from leaking into the next job of the same worker.
+    """
+
+    __slots__ = ("_awaitable", "_ctx", "_fn")
+
+    def __init__(self, ctx: Context, awaitable: Any, fn: object) -> None:
+        self._ctx = ctx
+        self._awaitable = awaitable
+        self._fn = fn
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        awaitable = self._awaitable
+        try:
+            it = awaitable.__await__()
+        except AttributeError:
+            raise TypeError(
+                f"fn must be an async function, but {describe(self._fn)!s} "  # type: ignore[arg-type]
+                f"returned {awaitable!r}, which cannot be awaited"
+            ) from None
+        run = self._ctx.run
+        send = it.send
+        value: Any = None
+        exc: BaseException | None = None
+        while True:
+            try:
+                if exc is None:
+                    yielded = run(send, value)
+                else:
+                    yielded = run(it.throw, exc)
+            except StopIteration as stop:
+                return stop.value
+            finally:
+                exc = value = None
+            try:
+                value = yield yielded
+            except GeneratorExit:
+                run(it.close)
+                raise
+            except BaseException as caught:
+                exc = caught

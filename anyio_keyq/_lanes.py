@@ -1,0 +1,974 @@
+"""KeyedLanes: per-key serial lanes under one global limit."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Awaitable, Callable, Hashable
+from contextvars import copy_context
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, TypeVarTuple, Unpack
+
+import anyio
+from anyio.lowlevel import cancel_shielded_checkpoint, checkpoint, checkpoint_if_cancelled
+
+from ._exceptions import LaneDeadlock, LaneFull, LanesClosed
+from ._job import Job, JobStatus, current_job
+from ._permits import CountedPermits, Credit, LimiterPermits, Permits, Token
+from ._util import check_bound, check_callable, check_positive_int, check_seconds, final
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+K = TypeVar("K", bound=Hashable)
+T = TypeVar("T")
+PosArgsT = TypeVarTuple("PosArgsT")
+
+_QUEUED = JobStatus.QUEUED
+_RUNNING = JobStatus.RUNNING
+_FINISHED = JobStatus.FINISHED
+_FAILED = JobStatus.FAILED
+_CANCELLED = JobStatus.CANCELLED
+
+#: Parked workers kept for reuse when there is no global limit.
+_MAX_PARKED_UNLIMITED = 1024
+
+_MISSING: Any = object()
+
+
+class TaskSpawner(Protocol):
+    """Anything that starts tasks like :meth:`anyio.abc.TaskGroup.start_soon`.
+
+    An anyio task group and a trio nursery both qualify.
+    """
+
+    def start_soon(
+        self, func: Callable[..., Awaitable[Any]], /, *args: Any, name: object = None
+    ) -> Any: ...
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class LanesStatistics:
+    """A consistent snapshot of a :class:`KeyedLanes`, from :meth:`KeyedLanes.statistics`.
+
+    ``submitted == queued + running + completed + failed + timed_out + cancelled``
+    always holds.
+    """
+
+    #: Live lanes: keys with queued or running jobs, or idle lanes still lingering.
+    lanes: int
+    #: Jobs running now.
+    running: int
+    #: Jobs accepted and not yet started.
+    queued: int
+    #: Jobs accepted since the lanes were created.
+    submitted: int
+    #: Jobs that returned a value.
+    completed: int
+    #: Jobs that raised an exception (timeouts not included).
+    failed: int
+    #: Jobs stopped by their time limit.
+    timed_out: int
+    #: Jobs cancelled, before or after they started.
+    cancelled: int
+    #: Callers of ``submit()``/``run()`` waiting for room in a full lane.
+    waiting_for_room: int
+    #: Worker tasks alive, busy or parked.
+    workers: int
+    #: Worker tasks parked, waiting for work.
+    idle_workers: int
+    #: The most jobs that have run at once.
+    peak_running: int
+    #: The global limit (``math.inf`` when there is none).
+    limit: float
+
+
+class _Lane(Generic[K]):
+    """The bookkeeping of one key: its queue and its counts, and nothing else."""
+
+    __slots__ = (
+        "idle_at",
+        "idle_event",
+        "in_lent_ready",
+        "in_ready",
+        "key",
+        "lent",
+        "live",
+        "queue",
+        "queued",
+        "room",
+        "running",
+    )
+
+    def __init__(self, key: K) -> None:
+        self.key = key
+        # Jobs in submission order; cancelled jobs stay as tombstones until popped.
+        self.queue: deque[Job[Any]] = deque()
+        self.queued = 0
+        self.running = 0
+        self.in_ready = False
+        self.in_lent_ready = False
+        self.lent: list[Credit] = []
+        self.room: deque[_RoomWaiter] | None = None
+        self.idle_at: float | None = None
+        self.idle_event: anyio.Event | None = None
+        self.live = True
+
+
+class _RoomWaiter:
+    __slots__ = ("accepted", "closed", "event", "job")
+
+    def __init__(self, job: Job[Any]) -> None:
+        self.job = job
+        self.event = anyio.Event()
+        self.accepted = False
+        self.closed = False
+
+
+class _Parked:
+    __slots__ = ("event", "job")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.job: Job[Any] | None = None
+
+
+@final
+class KeyedLanes(Generic[K]):
+    """Run jobs one key at a time, in order, and many keys at once under one limit.
+
+    Every key gets a *lane*: its jobs start in submission order and, with
+    ``per_key=1``, never overlap. Jobs of different keys run in parallel, at most
+    ``limit`` at once, and lanes with work take turns fairly for the free permits.
+    An idle lane costs nothing: its bookkeeping is dropped once it has been empty for
+    ``idle_timeout`` seconds.
+
+    .. code-block:: python
+
+        async with KeyedLanes(limit=100) as lanes:
+            await lanes.run(user_id, handle_message, message)
+
+    Compared with a plain :class:`anyio.CapacityLimiter`, which caps how much runs,
+    lanes also order and serialise the work of each key; compared with a dict of
+    :class:`anyio.Lock`, no task is spawned or parked per job and nothing lingers per
+    key.
+
+    Jobs run in a small pool of reused worker tasks hosted by the lanes' own task group
+    (``async with``) or by the ``task_group`` you pass (an anyio task group or a trio
+    nursery). Each job runs in a copy of the context of the task that submitted it.
+
+    **Cancellation.** If the caller of :meth:`run` is cancelled, its job is cancelled
+    too (it never starts if still queued) and :meth:`run` returns only once the job
+    has settled. :meth:`Job.cancel` does the same for a handle. Cancelling the scope
+    hosting the lanes cancels every queued and running job, and every handle settles
+    as cancelled.
+
+    :param limit: the global cap on running jobs: an int >= 1, a shared
+        :class:`anyio.CapacityLimiter`, or ``None`` for no cap
+    :param per_key: how many jobs of one key may run at once (1: one at a time)
+    :param max_pending: per-key bound on accepted jobs not yet started; further
+        submissions wait for room (``submit_nowait`` raises :exc:`LaneFull`)
+    :param idle_timeout: seconds an empty lane lingers before it is dropped
+    :param timeout: the default time limit of a job in seconds, counted from its start
+    :param task_group: host the workers in this task group or trio nursery instead of
+        using ``async with``; then call :meth:`aclose` to finish
+    """
+
+    __slots__ = (
+        "_cancelled",
+        "_closed",
+        "_closed_reason",
+        "_completed",
+        "_entered",
+        "_failed",
+        "_host",
+        "_idle_event",
+        "_idle_timeout",
+        "_lanes",
+        "_lent_ready",
+        "_limit",
+        "_lingering",
+        "_max_parked",
+        "_max_pending",
+        "_own_tg",
+        "_parked",
+        "_peak_running",
+        "_per_key",
+        "_permits",
+        "_queued",
+        "_ready",
+        "_reaper_scope",
+        "_room_waiting",
+        "_running",
+        "_shutdown",
+        "_submitted",
+        "_timed_out",
+        "_timeout",
+        "_token_waiter_scope",
+        "_workers",
+        "__weakref__",
+    )
+
+    def __init__(
+        self,
+        *,
+        limit: int | anyio.CapacityLimiter | None = 100,
+        per_key: int = 1,
+        max_pending: float = math.inf,
+        idle_timeout: float = 0.0,
+        timeout: float | None = None,
+        task_group: TaskSpawner | None = None,
+    ) -> None:
+        self._permits: Permits
+        if limit is None:
+            self._permits = Permits()
+            self._max_parked = _MAX_PARKED_UNLIMITED
+        elif isinstance(limit, anyio.CapacityLimiter):
+            self._permits = LimiterPermits(limit)
+            self._max_parked = _MAX_PARKED_UNLIMITED
+        else:
+            total = check_positive_int("limit", limit)
+            self._permits = CountedPermits(total)
+            self._max_parked = total
+        self._limit = limit
+        self._per_key = check_positive_int("per_key", per_key)
+        self._max_pending = check_bound("max_pending", max_pending)
+        self._idle_timeout = check_seconds("idle_timeout", idle_timeout, allow_zero=True)
+        self._timeout = None if timeout is None else _job_timeout("timeout", timeout)
+        if task_group is not None and not callable(getattr(task_group, "start_soon", None)):
+            raise TypeError(
+                f"task_group must be an anyio task group or a trio nursery, got {task_group!r}"
+            )
+        self._host: TaskSpawner | None = task_group
+        self._own_tg: anyio.abc.TaskGroup | None = None
+        self._entered = False
+        self._closed = False
+        self._closed_reason = "the lanes are closed and accept no new jobs"
+        self._shutdown = False
+        self._lanes: dict[K, _Lane[K]] = {}
+        self._ready: deque[_Lane[K]] = deque()
+        self._lent_ready: deque[_Lane[K]] = deque()
+        self._parked: list[_Parked] = []
+        self._workers = 0
+        self._token_waiter_scope: anyio.CancelScope | None = None
+        self._lingering: deque[tuple[float, _Lane[K]]] = deque()
+        self._reaper_scope: anyio.CancelScope | None = None
+        self._idle_event: anyio.Event | None = None
+        self._room_waiting = 0
+        self._submitted = 0
+        self._queued = 0
+        self._running = 0
+        self._completed = 0
+        self._failed = 0
+        self._timed_out = 0
+        self._cancelled = 0
+        self._peak_running = 0
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        """Start the lanes' task group. Entry is a checkpoint; exit can block.
+
+        Leaving the block normally closes the lanes and waits for every accepted job.
+        Leaving it with an exception cancels every queued and running job, waits for
+        them to settle, and propagates the exception, as a task group does.
+        """
+        if self._host is not None:
+            raise RuntimeError(
+                "these lanes are hosted by the task_group passed to KeyedLanes(); "
+                "do not enter them with 'async with', call 'await lanes.aclose()' instead"
+            )
+        if self._entered:
+            raise RuntimeError("a KeyedLanes instance can be entered only once")
+        self._entered = True
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._own_tg = self._host = tg
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> bool:
+        tg = self._own_tg
+        assert tg is not None
+        caught: BaseException | None = None
+        if exc_val is None:
+            try:
+                await self._drain()
+            except BaseException as exc:
+                caught = exc
+        if exc_val is not None or caught is not None:
+            tg.cancel_scope.cancel()
+        self._stop_workers()
+        try:
+            # The body's own exception is not handed to the task group, which would
+            # wrap it in an ExceptionGroup: the workers never fail, so it stays bare.
+            await tg.__aexit__(None, None, None)
+        finally:
+            self._host_gone("the lanes' task group has exited")
+        if caught is not None:
+            raise caught
+        return False
+
+    def close(self) -> None:
+        """Refuse new jobs from now on; jobs already accepted still run.
+
+        Callers still waiting for room in a lane get :exc:`LanesClosed`. This is not a
+        checkpoint and never blocks. Closing twice does nothing.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        for lane in self._lanes.values():
+            if lane.room:
+                for waiter in lane.room:
+                    waiter.closed = True
+                    waiter.event.set()
+                lane.room.clear()
+
+    async def aclose(self) -> None:
+        """Close the lanes, wait for every accepted job to settle, and stop the workers.
+
+        For lanes hosted by a ``task_group``; ``async with`` does this on exit. This is
+        a checkpoint. Cancelling it cancels nothing but the wait.
+        """
+        await self._drain()
+        self._stop_workers()
+
+    async def _drain(self) -> None:
+        self.close()
+        await self.wait_idle()
+
+    def _stop_workers(self) -> None:
+        self._shutdown = True
+        parked, self._parked = self._parked, []
+        for p in parked:
+            p.event.set()
+        for scope in (self._token_waiter_scope, self._reaper_scope):
+            if scope is not None:
+                scope.cancel()
+        lingering, self._lingering = self._lingering, deque()
+        for _, lane in lingering:
+            if lane.live and lane.idle_at is not None:
+                self._drop(lane)
+
+    def _host_gone(self, reason: str) -> None:
+        """The hosting scope was cancelled or exited: settle everything still queued."""
+        if not self._closed:
+            self._closed_reason = reason
+        self.close()
+        self._shutdown = True
+        for lane in list(self._lanes.values()):
+            for job in lane.queue:
+                if job._status is _QUEUED:
+                    self._cancel_queued(job)
+            lane.queue.clear()
+
+    # -- submitting ----------------------------------------------------------------
+
+    async def run(
+        self,
+        key: K,
+        fn: Callable[[Unpack[PosArgsT]], Awaitable[T]],
+        *args: Unpack[PosArgsT],
+        timeout: float | None = None,
+    ) -> T:
+        """Run ``fn(*args)`` in the lane of *key* and return its result.
+
+        Waits for room in the lane (see ``max_pending``), then for the job to settle.
+        The job's exception is raised here. If the caller is cancelled, the job is
+        cancelled (it never starts if still queued), and the cancellation propagates
+        once the job has settled. This is a checkpoint.
+
+        :param timeout: the job's time limit in seconds (default: the lanes'
+            ``timeout``; ``math.inf`` for none)
+        :raises LanesClosed: if the lanes are closed
+        :raises LaneDeadlock: if called from a job that the lane of *key* must wait for
+        :raises TimeoutError: if the job ran past its time limit
+        :raises JobCancelled: if the job was cancelled by someone else
+        """
+        await checkpoint_if_cancelled()
+        job = await self._accept(key, fn, args, timeout, "awaiting run()")
+        try:
+            await job.wait()
+        except BaseException:
+            job.cancel()
+            with anyio.CancelScope(shield=True):
+                await job.wait()
+            job._mark_retrieved()  # the caller gave up on it: nobody will ask
+            raise
+        return job.result()
+
+    async def submit(
+        self,
+        key: K,
+        fn: Callable[[Unpack[PosArgsT]], Awaitable[T]],
+        *args: Unpack[PosArgsT],
+        timeout: float | None = None,
+    ) -> Job[T]:
+        """Queue ``fn(*args)`` in the lane of *key* and return its :class:`Job` handle.
+
+        Waits only for room in the lane (see ``max_pending``), in FIFO order with other
+        waiters. This is a checkpoint; if it is cancelled, the job is not submitted.
+
+        :param timeout: the job's time limit in seconds (default: the lanes'
+            ``timeout``; ``math.inf`` for none)
+        :raises LanesClosed: if the lanes are closed (also while waiting for room)
+        :raises LaneDeadlock: if called from a job that the lane of *key* must wait for
+        """
+        await checkpoint_if_cancelled()
+        job = await self._accept(key, fn, args, timeout, "awaiting submit()")
+        await cancel_shielded_checkpoint()
+        return job
+
+    def submit_nowait(
+        self,
+        key: K,
+        fn: Callable[[Unpack[PosArgsT]], Awaitable[T]],
+        *args: Unpack[PosArgsT],
+        timeout: float | None = None,
+    ) -> Job[T]:
+        """Queue ``fn(*args)`` in the lane of *key* at once and return its handle.
+
+        Never blocks. Allowed from inside a job of the same key, as long as that job
+        does not await the handle before it has finished.
+
+        :raises LaneFull: if the lane has ``max_pending`` queued jobs or other callers
+            are waiting for room
+        :raises LanesClosed: if the lanes are closed
+        """
+        lane, job = self._new_job(key, fn, args, timeout, None)
+        if lane.queued >= self._max_pending or lane.room:
+            self._forget_if_idle(lane)
+            raise LaneFull(key, self._max_pending)
+        self._enqueue(lane, job)
+        self._kick()
+        return job
+
+    async def _accept(
+        self,
+        key: K,
+        fn: Callable[..., Awaitable[T]],
+        args: tuple[Any, ...],
+        timeout: float | None,
+        what: str,
+    ) -> Job[T]:
+        lane, job = self._new_job(key, fn, args, timeout, what)
+        if lane.queued < self._max_pending and not lane.room:
+            self._enqueue(lane, job)
+            self._kick()
+            return job
+        await self._wait_for_room(lane, job)
+        return job
+
+    def _new_job(
+        self,
+        key: K,
+        fn: Callable[..., Awaitable[T]],
+        args: tuple[Any, ...],
+        timeout: float | None,
+        what: str | None,
+    ) -> tuple[_Lane[K], Job[T]]:
+        if self._closed:
+            raise LanesClosed(self._closed_reason)
+        if self._host is None:
+            raise RuntimeError(
+                "the lanes are not running: use 'async with KeyedLanes() as lanes:' "
+                "or pass task_group= to KeyedLanes()"
+            )
+        if not callable(fn):
+            check_callable(fn)
+        if timeout is None:
+            timeout = self._timeout
+        else:
+            timeout = _job_timeout("timeout", timeout)
+        chain: tuple[tuple[object, Hashable], ...] | None = None
+        caller = current_job.get()
+        if what is not None and caller is not None:
+            chain = caller._chain
+            if (self, key) in chain:
+                raise LaneDeadlock(key, what)
+        try:
+            lane = self._lanes.get(key)
+        except TypeError:
+            raise TypeError(
+                f"key must be hashable, got {key!r} of type {type(key).__name__}; "
+                f"use an immutable value such as a str, an int or a tuple"
+            ) from None
+        if lane is None:
+            lane = self._lanes[key] = _Lane(key)
+        own = ((self, key),)
+        job = Job(
+            self, lane, key, fn, args, copy_context(), timeout, own if chain is None else chain + own
+        )
+        return lane, job
+
+    def _forget_if_idle(self, lane: _Lane[K]) -> None:
+        if not lane.queued and not lane.running and lane.idle_at is None:
+            self._drop(lane)
+
+    async def _wait_for_room(self, lane: _Lane[K], job: Job[Any]) -> None:
+        waiter = _RoomWaiter(job)
+        if lane.room is None:
+            lane.room = deque()
+        lane.room.append(waiter)
+        self._room_waiting += 1
+        try:
+            await waiter.event.wait()
+        except BaseException:
+            if waiter.accepted:
+                job.cancel()  # accepted in the same instant: withdraw it, unstarted
+            elif not waiter.closed:
+                lane.room.remove(waiter)
+                self._forget_if_idle(lane)
+            raise
+        finally:
+            self._room_waiting -= 1
+        if waiter.closed:
+            raise LanesClosed(self._closed_reason)
+
+    # -- bookkeeping (all synchronous) ------------------------------------------------
+
+    def _enqueue(self, lane: _Lane[K], job: Job[Any]) -> None:
+        lane.queue.append(job)
+        lane.queued += 1
+        lane.idle_at = None
+        self._queued += 1
+        self._submitted += 1
+        if lane.running < self._per_key and not lane.in_ready:
+            lane.in_ready = True
+            self._ready.append(lane)
+
+    def _admit(self, lane: _Lane[K]) -> None:
+        """Hand freed room in *lane* to the callers waiting for it, first come first."""
+        room = lane.room
+        assert room is not None
+        while room and lane.queued < self._max_pending:
+            waiter = room.popleft()
+            waiter.accepted = True
+            self._enqueue(lane, waiter.job)
+            waiter.event.set()
+
+    def _start(self, lane: _Lane[K], token: Token, credit: Credit | None) -> Job[Any]:
+        """Take the next queued job of *lane* and mark it running on *token*."""
+        queue = lane.queue
+        job = queue.popleft()
+        while job._status is not _QUEUED:
+            job = queue.popleft()
+        job._status = _RUNNING
+        job._token = token
+        job._credit = credit
+        lane.queued -= 1
+        lane.running += 1
+        self._queued -= 1
+        self._running += 1
+        if self._running > self._peak_running:
+            self._peak_running = self._running
+        if lane.room:
+            self._admit(lane)
+        if lane.queued and lane.running < self._per_key and not lane.in_ready:
+            lane.in_ready = True
+            self._ready.append(lane)
+        return job
+
+    def _next(self, token: Token | None, *, fresh: bool = False) -> Job[Any] | None:
+        """Pick the next job to run, fairly, and give it a permit.
+
+        *token* is a free permit the caller holds (or ``None``); it is used or released.
+        Lanes with lent credits go first: they are what waiting jobs wait for.
+        """
+        lent_ready = self._lent_ready
+        while lent_ready:
+            lane = lent_ready.popleft()
+            lane.in_lent_ready = False
+            if lane.lent and lane.queued and lane.running < self._per_key:
+                credit = lane.lent.pop()
+                credit.token.holders += 1
+                if lane.lent and not lane.in_lent_ready:
+                    lane.in_lent_ready = True
+                    lent_ready.append(lane)
+                if token is not None:
+                    self._permits.release(token)
+                return self._start(lane, credit.token, credit)
+        ready = self._ready
+        permits = self._permits
+        while ready:
+            lane = ready[0]
+            if not lane.queued or lane.running >= self._per_key:
+                ready.popleft()
+                lane.in_ready = False
+                continue
+            if token is not None and not (fresh or permits.reuse):
+                permits.release(token)
+                token = None
+            if token is None:
+                token = permits.try_acquire()
+                if token is None:
+                    if permits.shared:
+                        self._wait_for_token()
+                    return None
+            else:
+                token.holders = 1
+            ready.popleft()
+            lane.in_ready = False
+            return self._start(lane, token, None)
+        if token is not None:
+            permits.release(token)
+        return None
+
+    def _finish(
+        self,
+        job: Job[Any],
+        status: JobStatus,
+        value: Any = None,
+        exc: BaseException | None = None,
+        timed_out: bool = False,
+    ) -> Token | None:
+        """Settle a running job; return its permit if nobody else holds it now."""
+        job._settle(status, value, exc)
+        if job._credits:
+            for credit in job._credits:
+                self._end_credit(credit)
+        if status is _FINISHED:
+            self._completed += 1
+        elif timed_out:
+            self._timed_out += 1
+        elif status is _FAILED:
+            self._failed += 1
+        else:
+            self._cancelled += 1
+        self._running -= 1
+        lane = job._lane
+        lane.running -= 1
+        if lane.queued:
+            if not lane.in_ready:
+                lane.in_ready = True
+                self._ready.append(lane)
+        elif not lane.running:
+            self._lane_idle(lane)
+        token = job._token
+        assert token is not None
+        token.holders -= 1
+        credit = job._credit
+        if credit is not None and credit.active:
+            self._offer_credit(credit)
+        if not self._running and not self._queued:
+            self._wake_idle()
+        return token if token.holders == 0 else None
+
+    def _cancel_queued(self, job: Job[Any]) -> None:
+        lane = job._lane
+        job._settle(_CANCELLED)
+        if job._credits:
+            for credit in job._credits:
+                self._end_credit(credit)
+        self._cancelled += 1
+        self._queued -= 1
+        lane.queued -= 1
+        if lane.room:
+            self._admit(lane)
+        if not lane.queued and not lane.running:
+            self._lane_idle(lane)
+        if not self._running and not self._queued:
+            self._wake_idle()
+        self._kick()
+
+    def _lane_idle(self, lane: _Lane[K]) -> None:
+        lane.queue.clear()
+        if lane.idle_event is not None:
+            lane.idle_event.set()
+            lane.idle_event = None
+        if not lane.live:
+            return
+        if self._idle_timeout == 0 or self._shutdown:
+            self._drop(lane)
+            return
+        now = anyio.current_time()
+        lane.idle_at = now
+        self._lingering.append((now, lane))
+        if self._reaper_scope is None:
+            self._reaper_scope = anyio.CancelScope()
+            self._spawn(self._reap, self._reaper_scope)
+
+    def _drop(self, lane: _Lane[K]) -> None:
+        lane.live = False
+        lane.idle_at = None
+        del self._lanes[lane.key]
+
+    def _wake_idle(self) -> None:
+        event = self._idle_event
+        if event is not None:
+            self._idle_event = None
+            event.set()
+
+    # -- lending permits to awaited jobs ----------------------------------------------
+
+    def _lend(self, waiter: Job[Any], job: Job[Any]) -> Credit | None:
+        """*waiter* (a running job) is about to wait for *job*: check and lend."""
+        if job._status is _QUEUED and (self, job.key) in waiter._chain:
+            raise LaneDeadlock(job.key, "awaiting a job that has not started")
+        extra = tuple(link for link in waiter._chain if link not in job._chain)
+        if extra:
+            job._chain = job._chain + extra
+        token = waiter._token
+        if (
+            waiter._owner is not self
+            or token is None
+            or job._status is not _QUEUED
+            or waiter._status is not _RUNNING
+            or type(self._permits) is Permits
+        ):
+            return None
+        credit = Credit(token, job._lane)
+        if job._credits is None:
+            job._credits = []
+        job._credits.append(credit)
+        self._offer_credit(credit)
+        self._kick()
+        return credit
+
+    def _offer_credit(self, credit: Credit) -> None:
+        lane = credit.lane
+        lane.lent.append(credit)
+        if not lane.in_lent_ready:
+            lane.in_lent_ready = True
+            self._lent_ready.append(lane)
+
+    def _end_credit(self, credit: Credit) -> None:
+        if credit.active:
+            credit.active = False
+            try:
+                credit.lane.lent.remove(credit)
+            except ValueError:
+                pass  # in use by a running job, which will not give it back
+
+    # -- workers ---------------------------------------------------------------------
+
+    def _kick(self) -> None:
+        """Start as much ready work as the free permits allow."""
+        if self._shutdown:
+            return
+        while (job := self._next(None)) is not None:
+            if self._parked:
+                parked = self._parked.pop()
+                parked.job = job
+                parked.event.set()
+            else:
+                self._spawn(self._worker, job)
+
+    def _spawn(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        host = self._host
+        assert host is not None
+        host.start_soon(fn, *args, name=f"anyio_keyq lane worker {id(self):#x}")
+
+    async def _worker(self, job: Job[Any] | None) -> None:
+        """Run jobs, one after another, for as long as there is ready work."""
+        self._workers += 1
+        free: Token | None = None
+        try:
+            while True:
+                if job is None:
+                    job = self._next(free)
+                    free = None
+                    if job is None:
+                        job = await self._park()
+                        if job is None:
+                            return
+                with anyio.CancelScope() as scope:
+                    while True:
+                        timeout = job._timeout
+                        if job._cancel_requested:  # cancelled between hand-off and start
+                            free = self._finish(job, _CANCELLED)
+                            timeout = None
+                        else:
+                            if timeout is not None:
+                                scope.deadline = anyio.current_time() + timeout
+                            job._scope = scope
+                            try:
+                                job._ctx.run(current_job.set, job)
+                                value = await job._call()
+                            except BaseException as exc:
+                                free = self._finish_exc(job, exc, scope)
+                                job = None
+                                if not isinstance(exc, Exception):
+                                    raise
+                            else:
+                                free = self._finish(job, _FINISHED, value)
+                        job = self._next(free)
+                        free = None
+                        if job is None or scope.cancel_called:
+                            break
+                        if timeout is not None:
+                            scope.deadline = math.inf
+        except BaseException:
+            if free is not None:
+                self._permits.release(free)
+            self._host_gone("the task group hosting the lanes was cancelled")
+            raise
+        finally:
+            self._workers -= 1
+
+    def _finish_exc(self, job: Job[Any], exc: BaseException, scope: anyio.CancelScope) -> Token | None:
+        """Settle a job that raised: failed, timed out, or cancelled."""
+        if isinstance(exc, Exception) or not isinstance(exc, anyio.get_cancelled_exc_class()):
+            return self._finish(job, _FAILED, exc=exc)
+        if job._cancel_requested or not scope.cancel_called:
+            return self._finish(job, _CANCELLED)
+        error = TimeoutError(f"the job of key {job.key!r} ran past its time limit of {job._timeout} s")
+        return self._finish(job, _FAILED, exc=error, timed_out=True)
+
+    async def _park(self) -> Job[Any] | None:
+        """Wait for work as a spare worker; ``None`` means exit."""
+        if self._shutdown or len(self._parked) >= self._max_parked:
+            return None
+        parked = _Parked()
+        self._parked.append(parked)
+        try:
+            await parked.event.wait()
+        except BaseException:
+            job = parked.job
+            if job is None:
+                self._parked.remove(parked)
+            else:  # handed a job in the same instant as the cancellation
+                free = self._finish(job, _CANCELLED)
+                if free is not None:
+                    self._permits.release(free)
+            raise
+        return parked.job
+
+    def _wait_for_token(self) -> None:
+        """Have one task wait on the shared limiter for a permit for the ready lanes."""
+        if self._token_waiter_scope is None and not self._shutdown:
+            self._token_waiter_scope = anyio.CancelScope()
+            self._spawn(self._token_waiter, self._token_waiter_scope)
+
+    async def _token_waiter(self, scope: anyio.CancelScope) -> None:
+        assert isinstance(self._permits, LimiterPermits)
+        token = None
+        try:
+            with scope:
+                token = await self._permits.acquire()
+        except BaseException:
+            self._token_waiter_scope = None
+            self._host_gone("the task group hosting the lanes was cancelled")
+            raise
+        self._token_waiter_scope = None
+        if token is None:
+            return
+        job = self._next(token, fresh=True)
+        self._kick()
+        if job is not None:
+            await self._worker(job)
+
+    async def _reap(self, scope: anyio.CancelScope) -> None:
+        """Drop lanes that stayed idle for ``idle_timeout`` seconds."""
+        lingering = self._lingering
+        try:
+            with scope:
+                while lingering:
+                    idle_at, lane = lingering[0]
+                    expiry = idle_at + self._idle_timeout
+                    if anyio.current_time() < expiry:
+                        await anyio.sleep_until(expiry)
+                        continue
+                    lingering.popleft()
+                    if lane.idle_at == idle_at and lane.live:
+                        self._drop(lane)
+        except BaseException:
+            self._reaper_scope = None
+            self._host_gone("the task group hosting the lanes was cancelled")
+            raise
+        self._reaper_scope = None
+
+    # -- waiting and introspection ------------------------------------------------------
+
+    async def wait_idle(self, key: K = _MISSING) -> None:
+        """Wait until no job is queued or running (for *key*, or for any key).
+
+        Returns at once if already idle. This is a checkpoint.
+
+        :raises LaneDeadlock: if called from inside a job that would be waited for
+        """
+        caller = current_job.get()
+        if key is _MISSING:
+            if caller is not None and any(lanes is self for lanes, _ in caller._chain):
+                raise LaneDeadlock(caller.key, "waiting for the lanes to be idle")
+            if not self._queued and not self._running:
+                await checkpoint()
+                return
+            if self._idle_event is None:
+                self._idle_event = anyio.Event()
+            await self._idle_event.wait()
+            return
+        if caller is not None and (self, key) in caller._chain:
+            raise LaneDeadlock(key, "waiting for the lane to be idle")
+        lane = self._lanes.get(key)
+        if lane is None or (not lane.queued and not lane.running):
+            await checkpoint()
+            return
+        if lane.idle_event is None:
+            lane.idle_event = anyio.Event()
+        await lane.idle_event.wait()
+
+    def pending(self, key: K) -> int:
+        """Return how many jobs of *key* are accepted and not yet settled.
+
+        Callers waiting for room in the lane are not counted. 0 for an unknown key.
+        """
+        lane = self._lanes.get(key)
+        return 0 if lane is None else lane.queued + lane.running
+
+    def keys(self) -> tuple[K, ...]:
+        """Return a snapshot of the keys of the live lanes."""
+        return tuple(self._lanes)
+
+    def __len__(self) -> int:
+        return len(self._lanes)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._lanes
+
+    @property
+    def closed(self) -> bool:
+        """Whether the lanes refuse new jobs."""
+        return self._closed
+
+    @property
+    def limit(self) -> int | anyio.CapacityLimiter | None:
+        """The global limit the lanes were created with."""
+        return self._limit
+
+    def statistics(self) -> LanesStatistics:
+        """Return a :class:`LanesStatistics` snapshot. Not a checkpoint."""
+        return LanesStatistics(
+            lanes=len(self._lanes),
+            running=self._running,
+            queued=self._queued,
+            submitted=self._submitted,
+            completed=self._completed,
+            failed=self._failed,
+            timed_out=self._timed_out,
+            cancelled=self._cancelled,
+            waiting_for_room=self._room_waiting,
+            workers=self._workers,
+            idle_workers=len(self._parked),
+            peak_running=self._peak_running,
+            limit=self._permits.total,
+        )
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return (
+            f"<anyio_keyq.KeyedLanes at {id(self):#x}: {state}, {len(self._lanes)} lanes, "
+            f"{self._running} running, {self._queued} queued, limit={self._limit!r}>"
+        )
+
+
+def _job_timeout(name: str, value: float) -> float | None:
+    seconds = check_seconds(name, value, allow_zero=False)
+    return None if seconds == math.inf else seconds

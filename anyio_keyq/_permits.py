@@ -1,0 +1,125 @@
+"""Global permits: where a job gets the right to run under the global limit.
+
+A *token* is one permit taken from the limit. A job that waits for another job of the
+same lanes lends its token to that job's lane as a *credit*, so the awaited job (and the
+jobs queued before it) can run even when every permit is held by a waiting job.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+if TYPE_CHECKING:
+    from ._lanes import _Lane
+
+
+class Token:
+    """One permit of the global limit, held by the jobs running on it.
+
+    ``holders`` counts the running jobs that use it: the job that took it, plus any
+    job started on a credit lent from it. It goes back to the limit at zero.
+    """
+
+    __slots__ = ("holders",)
+
+    def __init__(self) -> None:
+        self.holders = 1
+
+
+class Credit:
+    """A token lent by a waiting job to the lane of the job it waits for."""
+
+    __slots__ = ("active", "lane", "token")
+
+    def __init__(self, token: Token, lane: _Lane[Any]) -> None:
+        self.token = token
+        self.lane = lane
+        self.active = True
+
+
+class Permits:
+    """A source of tokens. This base class has no limit."""
+
+    __slots__ = ()
+
+    #: Whether a finished job's token may serve the next job without a round trip
+    #: through the limit (only when nobody outside the lanes competes for it).
+    reuse = True
+    #: Whether tokens may be freed by someone else, so that a task must wait for one.
+    shared = False
+    total: float = float("inf")
+
+    def try_acquire(self) -> Token | None:
+        return Token()
+
+    async def acquire(self) -> Token:  # pragma: no cover - only shared sources wait
+        raise NotImplementedError
+
+    def release(self, token: Token) -> None:
+        pass
+
+    def in_use(self) -> int:
+        return 0
+
+
+class CountedPermits(Permits):
+    """``limit=N``: a private count; only the lanes' own jobs take its tokens."""
+
+    __slots__ = ("_used", "total")
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self._used = 0
+
+    def try_acquire(self) -> Token | None:
+        if self._used < self.total:
+            self._used += 1
+            return Token()
+        return None
+
+    def release(self, token: Token) -> None:
+        self._used -= 1
+
+    def in_use(self) -> int:
+        return self._used
+
+
+class LimiterPermits(Permits):
+    """``limit=CapacityLimiter(...)``: tokens borrowed from a limiter others share.
+
+    Every token goes back to the limiter after its job, so that tasks outside the lanes
+    waiting on the same limiter get their turn in the limiter's own FIFO order.
+    """
+
+    __slots__ = ("limiter",)
+
+    reuse = False
+    shared = True
+
+    def __init__(self, limiter: anyio.CapacityLimiter) -> None:
+        self.limiter = limiter
+
+    @property
+    def total(self) -> float:  # type: ignore[override]
+        return self.limiter.total_tokens
+
+    def try_acquire(self) -> Token | None:
+        token = Token()
+        try:
+            self.limiter.acquire_on_behalf_of_nowait(token)
+        except anyio.WouldBlock:
+            return None
+        return token
+
+    async def acquire(self) -> Token:
+        token = Token()
+        await self.limiter.acquire_on_behalf_of(token)
+        return token
+
+    def release(self, token: Token) -> None:
+        self.limiter.release_on_behalf_of(token)
+
+    def in_use(self) -> int:
+        return int(self.limiter.borrowed_tokens)
