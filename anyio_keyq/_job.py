@@ -110,6 +110,7 @@ class Job(Generic[T]):
         "_exc",
         "_fn",
         "_lane",
+        "_ordered",
         "_owner",
         "_report",
         "_scope",
@@ -147,6 +148,7 @@ class Job(Generic[T]):
         self._event: anyio.Event | None = None
         self._scope: anyio.CancelScope | None = None
         self._cancel_requested = False
+        self._ordered = False
         self._token: Token | None = None
         self._credit: Credit | None = None
         self._credits: list[Credit] | None = None

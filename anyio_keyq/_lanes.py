@@ -100,6 +100,8 @@ class _Lane(Generic[K]):
         "queued",
         "room",
         "running",
+        "starting",
+        "turn",
     )
 
     def __init__(self, key: K) -> None:
@@ -115,6 +117,10 @@ class _Lane(Generic[K]):
         self.idle_at: float | None = None
         self.idle_event: anyio.Event | None = None
         self.live = True
+        # With per_key > 1: jobs handed to workers but not yet begun, in order, so
+        # that they begin in submission order whatever order their workers wake in.
+        self.starting: deque[Job[Any]] | None = None
+        self.turn: anyio.Event | None = None
 
 
 class _RoomWaiter:
@@ -275,13 +281,13 @@ class KeyedLanes(Generic[K]):
         Leaving it with an exception cancels every queued and running job, waits for
         them to settle, and propagates the exception, as a task group does.
         """
+        if self._entered:
+            raise RuntimeError("a KeyedLanes instance can be entered only once")
         if self._host is not None:
             raise RuntimeError(
                 "these lanes are hosted by the task_group passed to KeyedLanes(); "
                 "do not enter them with 'async with', call 'await lanes.aclose()' instead"
             )
-        if self._entered:
-            raise RuntimeError("a KeyedLanes instance can be entered only once")
         self._entered = True
         tg = anyio.create_task_group()
         await tg.__aenter__()
@@ -364,7 +370,7 @@ class KeyedLanes(Generic[K]):
         self.close()
         self._shutdown = True
         for lane in list(self._lanes.values()):
-            for job in lane.queue:
+            for job in list(lane.queue):
                 if job._status is _QUEUED:
                     self._cancel_queued(job)
             lane.queue.clear()
@@ -569,6 +575,11 @@ class KeyedLanes(Generic[K]):
         self._running += 1
         if self._running > self._peak_running:
             self._peak_running = self._running
+        if self._per_key > 1:
+            if lane.starting is None:
+                lane.starting = deque()
+            lane.starting.append(job)
+            job._ordered = True
         if lane.room:
             self._admit(lane)
         if lane.queued and lane.running < self._per_key and not lane.in_ready:
@@ -630,6 +641,8 @@ class KeyedLanes(Generic[K]):
         timed_out: bool = False,
     ) -> Token | None:
         """Settle a running job; return its permit if nobody else holds it now."""
+        if job._ordered:  # settled before its turn to begin came
+            self._pass_turn(job)
         job._settle(status, value, exc)
         if job._credits:
             for credit in job._credits:
@@ -660,6 +673,25 @@ class KeyedLanes(Generic[K]):
         if not self._running and not self._queued:
             self._wake_idle()
         return token if token.holders == 0 else None
+
+    async def _take_turn(self, job: Job[Any]) -> None:
+        """Wait until every job of the lane handed out before *job* has begun."""
+        lane = job._lane
+        assert lane.starting is not None
+        while lane.starting[0] is not job:
+            if lane.turn is None:
+                lane.turn = anyio.Event()
+            await lane.turn.wait()
+        self._pass_turn(job)
+
+    def _pass_turn(self, job: Job[Any]) -> None:
+        job._ordered = False
+        lane = job._lane
+        assert lane.starting is not None
+        lane.starting.remove(job)
+        if lane.turn is not None:
+            lane.turn.set()
+            lane.turn = None
 
     def _cancel_queued(self, job: Job[Any]) -> None:
         lane = job._lane
@@ -790,6 +822,8 @@ class KeyedLanes(Generic[K]):
                                 scope.deadline = anyio.current_time() + timeout
                             job._scope = scope
                             try:
+                                if job._ordered:
+                                    await self._take_turn(job)
                                 job._ctx.run(current_job.set, job)
                                 value = await job._call()
                             except BaseException as exc:
@@ -833,7 +867,8 @@ class KeyedLanes(Generic[K]):
         except BaseException:
             job = parked.job
             if job is None:
-                self._parked.remove(parked)
+                if not parked.event.is_set():  # not yet woken by _stop_workers()
+                    self._parked.remove(parked)
             else:  # handed a job in the same instant as the cancellation
                 free = self._finish(job, _CANCELLED)
                 if free is not None:

@@ -1,0 +1,143 @@
+"""Sphinx configuration of the anyio-keyq documentation.
+
+Build with ``sphinx-build -n -W --keep-going -b html docs docs/_build/html``.
+
+The build is offline and deterministic: intersphinx reads the inventories of Python,
+anyio and trio only from ``docs/_inventories/<name>.inv``, never from the network. An
+inventory that is not there is skipped, and references into its project are then
+accepted unchecked (see ``nitpick_ignore_regex`` below) instead of failing the
+nitpicky build. To link them, download the inventories once, for example::
+
+    curl -fsSLo docs/_inventories/python.inv https://docs.python.org/3/objects.inv
+    curl -fsSLo docs/_inventories/anyio.inv https://anyio.readthedocs.io/en/stable/objects.inv
+    curl -fsSLo docs/_inventories/trio.inv https://trio.readthedocs.io/en/stable/objects.inv
+"""
+
+from __future__ import annotations
+
+import builtins
+import re
+import sys
+import warnings
+from importlib.metadata import version as _version
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sphinx.application import Sphinx
+
+_DOCS = Path(__file__).resolve().parent
+# Import the package from this checkout, even when it is not installed.
+sys.path.insert(0, str(_DOCS.parent))
+
+# sphinx-autodoc-typehints still calls an API that Sphinx 10 will remove; that is its
+# maintainers' business, not a problem of these docs.
+warnings.filterwarnings(
+    "ignore", message=r".*sphinx_autodoc_typehints.*", category=DeprecationWarning
+)
+warnings.filterwarnings(
+    "ignore", message=r".*sphinx_autodoc_typehints.*", category=PendingDeprecationWarning
+)
+
+# -- Project ----------------------------------------------------------------------------
+
+project = "anyio-keyq"
+author = "the anyio-keyq maintainers"
+copyright = "the anyio-keyq maintainers"  # noqa: A001
+release = _version("anyio-keyq")
+version = ".".join(release.split(".")[:2])
+
+# -- General ----------------------------------------------------------------------------
+
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.intersphinx",
+    "sphinx.ext.viewcode",
+    "sphinxcontrib_trio",
+    "sphinx_autodoc_typehints",
+]
+exclude_patterns = ["_build", "_inventories"]
+default_role = "py:obj"
+nitpicky = True
+# Never use the time of the build: the same sources give the same pages.
+today_fmt = "%Y"
+html_last_updated_fmt = None
+
+# -- autodoc ----------------------------------------------------------------------------
+
+autodoc_member_order = "bysource"
+autodoc_preserve_defaults = True
+autodoc_inherit_docstrings = False
+typehints_document_rtype = True
+typehints_use_rtype = False
+typehints_defaults = "comma"
+always_use_bars_union = True
+
+# -- intersphinx, offline ---------------------------------------------------------------
+
+_INVENTORIES = _DOCS / "_inventories"
+_PROJECTS = {
+    "python": "https://docs.python.org/3/",
+    "anyio": "https://anyio.readthedocs.io/en/stable/",
+    "trio": "https://trio.readthedocs.io/en/stable/",
+}
+intersphinx_mapping = {
+    name: (url, str(_INVENTORIES / f"{name}.inv"))
+    for name, url in _PROJECTS.items()
+    if (_INVENTORIES / f"{name}.inv").is_file()
+}
+intersphinx_timeout = 5
+intersphinx_cache_limit = -1
+
+# The type variables of the package have no page of their own.
+nitpick_ignore = [
+    (role, f"{prefix}{name}")
+    for role in ("py:class", "py:obj")
+    for prefix in ("", "anyio_keyq._lanes.", "anyio_keyq._job.")
+    for name in ("K", "T", "PosArgsT")
+]
+# References into a project whose inventory is missing cannot be checked: accept them,
+# and only them, rather than fail the build.
+_PY_ROLES = r"py:(class|exc|obj|func|meth|attr|data|mod)"
+nitpick_ignore_regex: list[tuple[str, str]] = []
+if "anyio" not in intersphinx_mapping:
+    nitpick_ignore_regex.append((_PY_ROLES, r"anyio(\..+)?"))
+if "trio" not in intersphinx_mapping:
+    nitpick_ignore_regex.append((_PY_ROLES, r"trio(\..+)?"))
+if "python" not in intersphinx_mapping:
+    _stdlib = "|".join(sorted(re.escape(name) for name in sys.stdlib_module_names))
+    _builtins = "|".join(sorted(re.escape(name) for name in dir(builtins) if name[0] != "_"))
+    nitpick_ignore_regex += [
+        (_PY_ROLES, rf"({_stdlib})(\..+)?"),
+        (_PY_ROLES, rf"({_builtins})"),
+    ]
+
+# -- HTML -------------------------------------------------------------------------------
+
+html_theme = "furo"
+html_title = f"anyio-keyq {release}"
+html_static_path: list[str] = []
+
+
+# -- Local tweaks -------------------------------------------------------------------------
+
+#: Classes that only the library instantiates: their constructor is not public API.
+_NO_SIGNATURE = {"anyio_keyq.Job", "anyio_keyq.LanesStatistics", "anyio_keyq.TaskSpawner"}
+
+
+def _hide_private_constructors(
+    app: object,
+    what: str,
+    name: str,
+    obj: object,
+    options: object,
+    signature: str | None,
+    return_annotation: str | None,
+) -> tuple[str, str] | None:
+    if what == "class" and name in _NO_SIGNATURE:
+        return ("", "")
+    return None
+
+
+def setup(app: Sphinx) -> None:
+    app.connect("autodoc-process-signature", _hide_private_constructors, priority=100)

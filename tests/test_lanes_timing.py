@@ -1,0 +1,68 @@
+"""KeyedLanes behaviour in time, on virtual clocks: exact instants, no real sleeping."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import anyio
+import pytest
+from anyio.lowlevel import checkpoint
+
+from anyio_keyq import KeyedLanes
+
+from .conftest import virtual_backend as anyio_backend  # noqa: F401
+
+pytestmark = pytest.mark.anyio
+
+
+async def echo(value: Any) -> Any:
+    await checkpoint()
+    return value
+
+
+class TestIdleTimeout:
+    async def test_idle_lane_lingers_then_goes(self) -> None:
+        async with KeyedLanes[str](idle_timeout=5) as lanes:
+            start = anyio.current_time()
+            await lanes.run("k", echo, 1)
+            assert "k" in lanes
+            await anyio.sleep(4.5)
+            await lanes.run("k", echo, 2)  # revived: the clock starts again
+            await anyio.sleep(4.5)
+            assert "k" in lanes
+            await anyio.sleep(1)
+            assert "k" not in lanes
+            assert anyio.current_time() - start == 10
+            await lanes.run("k", echo, 3)
+            exit_at = anyio.current_time()
+        # leaving the block does not wait for idle_timeout
+        assert anyio.current_time() == exit_at
+        assert len(lanes) == 0
+
+
+class TestTimeouts:
+    async def test_job_over_its_limit_times_out_and_lane_goes_on(self) -> None:
+        async with KeyedLanes[str](timeout=2) as lanes:
+            t0 = anyio.current_time()
+            with pytest.raises(TimeoutError, match="time limit of 2.0 s"):
+                await lanes.run("k", anyio.sleep, 10)
+            assert anyio.current_time() - t0 == 2
+            assert await lanes.run("k", echo, "next") == "next"
+            # A per-job timeout overrides the default, and counts from the start.
+            first = lanes.submit_nowait("k", anyio.sleep, 3, timeout=math.inf)
+            second = lanes.submit_nowait("k", anyio.sleep, 1.5, timeout=1)
+            await first
+            t1 = anyio.current_time()
+            with pytest.raises(TimeoutError):
+                await second
+            assert anyio.current_time() - t1 == 1
+        stats = lanes.statistics()
+        assert (stats.timed_out, stats.failed, stats.completed) == (2, 0, 2)
+
+    async def test_timeout_does_not_leak_into_the_next_job(self) -> None:
+        async with KeyedLanes[str](limit=1) as lanes:
+            lanes.submit_nowait("a", echo, 1, timeout=1)
+            slow = lanes.submit_nowait("b", anyio.sleep, 5)
+            await slow
+        assert lanes.statistics().timed_out == 0
