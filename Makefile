@@ -25,7 +25,6 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/pyright
-	$(BIN)/pyright --verifytypes anyio_keyq --ignoreexternal
 
 pytest: $(STAMP)
 	$(BIN)/pytest --cov --cov-report=term-missing

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from typing import TYPE_CHECKING
 
 import anyio
+
+if TYPE_CHECKING:
+    from collections.abc import Hashable
 
 
 class LanesClosed(anyio.ClosedResourceError):
@@ -31,7 +34,7 @@ class LaneFull(anyio.WouldBlock):
         self.key = key
         self.max_pending = max_pending
         super().__init__(
-            f"the lane of key {key!r} is full ({max_pending} queued jobs); "
+            f"the lane of key {key!r} is full (max_pending={max_pending}); "
             f"use 'await submit()' to wait for room"
         )
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Awaitable, Callable, Generator, Hashable
 from contextvars import Context, ContextVar
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
@@ -15,6 +14,8 @@ from ._exceptions import JobCancelled
 from ._util import describe, final
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Generator, Hashable
+
     from ._permits import Credit, Token
 
 T = TypeVar("T")
@@ -24,6 +25,10 @@ logger = logging.getLogger("anyio_keyq")
 #: The job whose code is running in the current context, if any. Nested calls read it
 #: to detect waits that can never end and to lend the job's permit.
 current_job: ContextVar[Job[Any] | None] = ContextVar("anyio_keyq_current_job", default=None)
+
+
+#: Stands in for the context of a settled job.
+_SPENT = Context()
 
 
 class JobStatus(enum.Enum):
@@ -247,8 +252,7 @@ class Job(Generic[T]):
 
     def __repr__(self) -> str:
         return (
-            f"<anyio_keyq.Job key={self.key!r} fn={describe(self._fn)} "
-            f"status={self._status.value}>"
+            f"<anyio_keyq.Job key={self.key!r} fn={describe(self._fn)} status={self._status.value}>"
         )
 
     # -- for the owner -------------------------------------------------------------
@@ -260,7 +264,9 @@ class Job(Generic[T]):
             report.exc = None
             self._report = None
 
-    def _settle(self, status: JobStatus, value: Any = None, exc: BaseException | None = None) -> None:
+    def _settle(
+        self, status: JobStatus, value: Any = None, exc: BaseException | None = None
+    ) -> None:
         self._status = status
         if status is _FINISHED:
             self._value = value
@@ -269,6 +275,7 @@ class Job(Generic[T]):
             self._report = _Unretrieved(exc, repr(self))
         self._scope = None
         self._args = ()
+        self._ctx = _SPENT  # it refers back to this job: break the cycle
         if self._event is not None:
             self._event.set()
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from contextvars import copy_context
 from dataclasses import dataclass
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, TypeVarTuple, Unpack
+from typing import TYPE_CHECKING, Any, Generic, Protocol, Self, TypeVar, TypeVarTuple, Unpack
 
 import anyio
 from anyio.lowlevel import cancel_shielded_checkpoint, checkpoint, checkpoint_if_cancelled
@@ -19,7 +18,7 @@ from ._permits import CountedPermits, Credit, LimiterPermits, Permits, Token
 from ._util import check_bound, check_callable, check_positive_int, check_seconds, final
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from types import TracebackType
 
 K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
@@ -44,7 +43,7 @@ class TaskSpawner(Protocol):
     """
 
     def start_soon(
-        self, func: Callable[..., Awaitable[Any]], /, *args: Any, name: object = None
+        self, func: Callable[..., Coroutine[Any, Any, Any]], /, *args: Any, name: object = None
     ) -> Any: ...
 
 
@@ -183,6 +182,7 @@ class KeyedLanes(Generic[K]):
     """
 
     __slots__ = (
+        "__weakref__",
         "_cancelled",
         "_closed",
         "_closed_reason",
@@ -214,7 +214,6 @@ class KeyedLanes(Generic[K]):
         "_timeout",
         "_token_waiter_scope",
         "_workers",
-        "__weakref__",
     )
 
     def __init__(
@@ -288,6 +287,7 @@ class KeyedLanes(Generic[K]):
                 "these lanes are hosted by the task_group passed to KeyedLanes(); "
                 "do not enter them with 'async with', call 'await lanes.aclose()' instead"
             )
+        await checkpoint()
         self._entered = True
         tg = anyio.create_task_group()
         await tg.__aenter__()
@@ -299,7 +299,7 @@ class KeyedLanes(Generic[K]):
         exc_type: type[BaseException] | None,
         exc_val: BaseException | None,
         exc_tb: TracebackType | None,
-    ) -> bool:
+    ) -> None:
         tg = self._own_tg
         assert tg is not None
         caught: BaseException | None = None
@@ -319,7 +319,6 @@ class KeyedLanes(Generic[K]):
             self._host_gone("the lanes' task group has exited")
         if caught is not None:
             raise caught
-        return False
 
     def close(self) -> None:
         """Refuse new jobs from now on; jobs already accepted still run.
@@ -381,7 +380,7 @@ class KeyedLanes(Generic[K]):
         self,
         key: K,
         fn: Callable[[Unpack[PosArgsT]], Awaitable[T]],
-        *args: Unpack[PosArgsT],
+        *args: *PosArgsT,
         timeout: float | None = None,
     ) -> T:
         """Run ``fn(*args)`` in the lane of *key* and return its result.
@@ -414,7 +413,7 @@ class KeyedLanes(Generic[K]):
         self,
         key: K,
         fn: Callable[[Unpack[PosArgsT]], Awaitable[T]],
-        *args: Unpack[PosArgsT],
+        *args: *PosArgsT,
         timeout: float | None = None,
     ) -> Job[T]:
         """Queue ``fn(*args)`` in the lane of *key* and return its :class:`Job` handle.
@@ -436,7 +435,7 @@ class KeyedLanes(Generic[K]):
         self,
         key: K,
         fn: Callable[[Unpack[PosArgsT]], Awaitable[T]],
-        *args: Unpack[PosArgsT],
+        *args: *PosArgsT,
         timeout: float | None = None,
     ) -> Job[T]:
         """Queue ``fn(*args)`` in the lane of *key* at once and return its handle.
@@ -510,7 +509,14 @@ class KeyedLanes(Generic[K]):
             lane = self._lanes[key] = _Lane(key)
         own = ((self, key),)
         job = Job(
-            self, lane, key, fn, args, copy_context(), timeout, own if chain is None else chain + own
+            self,
+            lane,
+            key,
+            fn,
+            args,
+            copy_context(),
+            timeout,
+            own if chain is None else chain + own,
         )
         return lane, job
 
@@ -667,9 +673,9 @@ class KeyedLanes(Generic[K]):
         token = job._token
         assert token is not None
         token.holders -= 1
-        credit = job._credit
-        if credit is not None and credit.active:
-            self._offer_credit(credit)
+        lent = job._credit
+        if lent is not None and lent.active:
+            self._offer_credit(lent)
         if not self._running and not self._queued:
             self._wake_idle()
         return token if token.holders == 0 else None
@@ -793,7 +799,7 @@ class KeyedLanes(Generic[K]):
             else:
                 self._spawn(self._worker, job)
 
-    def _spawn(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+    def _spawn(self, fn: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
         host = self._host
         assert host is not None
         host.start_soon(fn, *args, name=f"anyio_keyq lane worker {id(self):#x}")
@@ -847,13 +853,17 @@ class KeyedLanes(Generic[K]):
         finally:
             self._workers -= 1
 
-    def _finish_exc(self, job: Job[Any], exc: BaseException, scope: anyio.CancelScope) -> Token | None:
+    def _finish_exc(
+        self, job: Job[Any], exc: BaseException, scope: anyio.CancelScope
+    ) -> Token | None:
         """Settle a job that raised: failed, timed out, or cancelled."""
         if isinstance(exc, Exception) or not isinstance(exc, anyio.get_cancelled_exc_class()):
             return self._finish(job, _FAILED, exc=exc)
         if job._cancel_requested or not scope.cancel_called:
             return self._finish(job, _CANCELLED)
-        error = TimeoutError(f"the job of key {job.key!r} ran past its time limit of {job._timeout} s")
+        error = TimeoutError(
+            f"the job of key {job.key!r} ran past its time limit of {job._timeout} s"
+        )
         return self._finish(job, _FAILED, exc=error, timed_out=True)
 
     async def _park(self) -> Job[Any] | None:

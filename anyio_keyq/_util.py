@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
+from collections.abc import Awaitable, Coroutine
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 T = TypeVar("T")
 
@@ -12,10 +15,10 @@ T = TypeVar("T")
 def final(cls: type[T]) -> type[T]:
     """Mark a class final for type checkers and refuse subclassing at run time."""
 
-    def __init_subclass__(cls_: type[Any], **kwargs: Any) -> NoReturn:
+    def __init_subclass__(cls_: type[Any], /, **kwargs: Any) -> NoReturn:
         raise TypeError(f"{cls.__module__}.{cls.__qualname__} does not support subclassing")
 
-    cls.__init_subclass__ = classmethod(__init_subclass__)  # type: ignore[assignment]
+    cls.__init_subclass__ = classmethod(__init_subclass__)  # type: ignore[assignment,method-assign]
     cls.__final__ = True  # type: ignore[attr-defined]
     return cls
 
@@ -24,16 +27,16 @@ def fixup_module_metadata(module_name: str, namespace: dict[str, Any]) -> None:
     """Make every public object of *namespace* report *module_name* as its module."""
     seen: set[int] = set()
 
-    def fix_one(qualname: str, name: str, obj: object) -> None:
+    def fix_one(qualname: str, name: str, obj: Any) -> None:
         if id(obj) in seen:
             return
         seen.add(id(obj))
         mod: object = getattr(obj, "__module__", None)
         if isinstance(mod, str) and mod.startswith("anyio_keyq."):
             obj.__module__ = module_name
-            if hasattr(obj, "__name__") and "." not in obj.__name__:  # type: ignore[attr-defined]
-                obj.__name__ = name  # type: ignore[attr-defined]
-                obj.__qualname__ = qualname  # type: ignore[attr-defined]
+            if hasattr(obj, "__name__") and "." not in obj.__name__:
+                obj.__name__ = name
+                obj.__qualname__ = qualname
             if isinstance(obj, type):
                 for attr_name, attr_value in obj.__dict__.items():
                     fix_one(f"{qualname}.{attr_name}", attr_name, attr_value)
@@ -73,9 +76,9 @@ def check_callable(fn: object) -> None:
     """Raise a TypeError with a hint unless *fn* is a callable (not a coroutine)."""
     if callable(fn):
         return
-    if hasattr(fn, "__await__") or hasattr(fn, "cr_frame"):
-        if hasattr(fn, "close"):
-            fn.close()  # type: ignore[attr-defined]  # silence "never awaited"
+    if isinstance(fn, Coroutine):
+        fn.close()  # silence "never awaited"
+    if isinstance(fn, Awaitable):
         raise TypeError(
             f"fn must be an async function, got the awaitable {fn!r}: pass the function "
             f"and its arguments, as in run(key, fn, arg), not run(key, fn(arg))"

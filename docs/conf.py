@@ -18,10 +18,12 @@ from __future__ import annotations
 import builtins
 import re
 import sys
+import tomllib
 import warnings
-from importlib.metadata import version as _version
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from sphinx.pycode import ModuleAnalyzer
 
 if TYPE_CHECKING:
     from sphinx.application import Sphinx
@@ -43,8 +45,9 @@ warnings.filterwarnings(
 
 project = "anyio-keyq"
 author = "the anyio-keyq maintainers"
-copyright = "the anyio-keyq maintainers"  # noqa: A001
-release = _version("anyio-keyq")
+copyright = "the anyio-keyq maintainers"
+with (_DOCS.parent / "pyproject.toml").open("rb") as _file:
+    release = tomllib.load(_file)["project"]["version"]
 version = ".".join(release.split(".")[:2])
 
 # -- General ----------------------------------------------------------------------------
@@ -86,8 +89,6 @@ intersphinx_mapping = {
     for name, url in _PROJECTS.items()
     if (_INVENTORIES / f"{name}.inv").is_file()
 }
-intersphinx_timeout = 5
-intersphinx_cache_limit = -1
 
 # The type variables of the package have no page of their own.
 nitpick_ignore = [
@@ -119,7 +120,7 @@ html_title = f"anyio-keyq {release}"
 html_static_path: list[str] = []
 
 
-# -- Local tweaks -------------------------------------------------------------------------
+# -- Local tweaks -----------------------------------------------------------------------
 
 #: Classes that only the library instantiates: their constructor is not public API.
 _NO_SIGNATURE = {"anyio_keyq.Job", "anyio_keyq.LanesStatistics", "anyio_keyq.TaskSpawner"}
@@ -139,5 +140,44 @@ def _hide_private_constructors(
     return None
 
 
+def _defining_module(package_name: str, name: str) -> str | None:
+    """The private module of *package_name* that defines its public *name*."""
+    obj = getattr(sys.modules.get(package_name), name, None)
+    if obj is None:
+        return None
+    for module_name, module in sorted(sys.modules.items()):
+        if module_name.startswith(f"{package_name}._") and vars(module).get(name) is obj:
+            return module_name
+    return None
+
+
+def _attribute_doc_comments(
+    app: object, what: str, name: str, obj: object, options: object, lines: list[str]
+) -> None:
+    """Give attributes of re-exported classes the ``#:`` comments of their source.
+
+    Every public class reports ``anyio_keyq`` as its module, so autodoc looks for doc
+    comments in ``anyio_keyq/__init__.py`` and finds none; read them from the private
+    module that defines the class instead.
+    """
+    if what != "attribute" or lines:
+        return
+    owner_name, _, attr = name.rpartition(".")
+    package_name, _, class_name = owner_name.rpartition(".")
+    module_name = _defining_module(package_name, class_name)
+    if module_name is not None:
+        docs = ModuleAnalyzer.for_module(module_name).find_attr_docs()
+        lines[:] = docs.get((class_name, attr), [])
+
+
+def _follow_reexport(app: object, modname: str, attribute: str) -> str | None:
+    """Let viewcode link ``anyio_keyq.X`` to the source of the module defining X."""
+    if modname != "anyio_keyq":
+        return None
+    return _defining_module(modname, attribute.split(".")[0])
+
+
 def setup(app: Sphinx) -> None:
     app.connect("autodoc-process-signature", _hide_private_constructors, priority=100)
+    app.connect("autodoc-process-docstring", _attribute_doc_comments, priority=100)
+    app.connect("viewcode-follow-imported", _follow_reexport)

@@ -7,9 +7,8 @@ import logging
 import math
 import re
 from collections import defaultdict
-from collections.abc import Callable
 from contextvars import ContextVar
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
@@ -26,6 +25,9 @@ from anyio_keyq import (
     LanesClosed,
     LanesStatistics,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 pytestmark = pytest.mark.anyio
 
@@ -290,7 +292,10 @@ class TestBackpressure:
             await anyio.wait_all_tasks_blocked()
             lanes.submit_nowait("k", gate.job, 1)
             lanes.submit_nowait("k", gate.job, 2)
-            with pytest.raises(LaneFull, match=r"^the lane of key 'k' is full \(2 queued") as info:
+            with pytest.raises(
+                LaneFull,
+                match=r"^the lane of key 'k' is full \(max_pending=2\); use 'await submit\(\)'",
+            ) as info:
                 lanes.submit_nowait("k", gate.job, 3)
             assert isinstance(info.value, anyio.WouldBlock)
             assert info.value.key == "k"
@@ -975,3 +980,49 @@ class TestStatistics:
         )
         assert lanes.limit == 1
         assert KeyedLanes[str](limit=None).statistics().limit == math.inf
+
+
+class TestHostEdgeCases:
+    async def test_host_cancelled_while_waiting_on_a_shared_limiter(self) -> None:
+        limiter = anyio.CapacityLimiter(1)
+        await limiter.acquire()  # held from outside: the lanes must wait for it
+        try:
+            async with anyio.create_task_group() as tg:
+                lanes = KeyedLanes[str](limit=limiter, task_group=tg)
+                jobs = [lanes.submit_nowait(k, echo, k) for k in "abc"]
+                await anyio.wait_all_tasks_blocked()
+                assert lanes.statistics().queued == 3
+                tg.cancel_scope.cancel()
+            assert [job.status for job in jobs] == [JobStatus.CANCELLED] * 3
+        finally:
+            limiter.release()
+        assert limiter.borrowed_tokens == 0
+
+    async def test_closing_with_a_pending_limiter_wait_stops_it(self) -> None:
+        limiter = anyio.CapacityLimiter(1)
+        await limiter.acquire()
+        async with KeyedLanes[str](limit=limiter) as lanes:
+            job = lanes.submit_nowait("k", echo, 1)
+            await anyio.wait_all_tasks_blocked()
+            job.cancel()  # nothing left to run, but a task still waits on the limiter
+        assert lanes.statistics().workers == 0
+        limiter.release()
+        assert limiter.borrowed_tokens == 0
+
+    async def test_host_cancelled_while_lanes_linger(self) -> None:
+        async with anyio.create_task_group() as tg:
+            lanes = KeyedLanes[str](idle_timeout=3600, task_group=tg)
+            await lanes.run("k", echo, 1)
+            assert "k" in lanes
+            await anyio.wait_all_tasks_blocked()
+            tg.cancel_scope.cancel()
+        with pytest.raises(LanesClosed):
+            lanes.submit_nowait("k", echo, 1)
+
+    async def test_hosted_lanes_aclose_does_not_wait_for_lingering_lanes(self) -> None:
+        async with anyio.create_task_group() as tg:
+            lanes = KeyedLanes[str](idle_timeout=3600, task_group=tg)
+            await lanes.run("k", echo, 1)
+            with anyio.fail_after(5):
+                await lanes.aclose()
+            assert len(lanes) == 0

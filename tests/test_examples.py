@@ -1,0 +1,62 @@
+"""The examples in examples/ (pulled into the docs) run and check themselves."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, cast
+
+import pytest
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+    from types import ModuleType
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+BACKEND_NEUTRAL = sorted(
+    p.stem for p in EXAMPLES.glob("*.py") if p.stem not in ("demo", "trio_nursery")
+)
+
+pytestmark = pytest.mark.anyio
+
+
+def load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"examples_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", BACKEND_NEUTRAL)
+async def test_example_runs(name: str) -> None:
+    main = cast("Callable[[], Awaitable[None]]", load(name).main)
+    await main()
+
+
+def test_trio_nursery_example_runs() -> None:
+    subprocess.run([sys.executable, str(EXAMPLES / "trio_nursery.py")], check=True, timeout=60)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "uvloop", "trio"])
+def test_demo_runs_quickly_and_checks_order(backend: str) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(EXAMPLES / "demo.py"),
+            "--messages",
+            "2000",
+            "--users",
+            "100",
+            "--backend",
+            backend,
+        ],
+        check=True,
+        timeout=120,
+        capture_output=True,
+        text=True,
+    )
+    assert "in order" in result.stdout

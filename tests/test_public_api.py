@@ -1,0 +1,41 @@
+"""The public surface: exports, module names, final classes."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+import anyio_keyq
+
+
+def test_all_matches_the_public_names() -> None:
+    public = {name for name in vars(anyio_keyq) if not name.startswith("_")}
+    assert public == set(anyio_keyq.__all__)
+
+
+@pytest.mark.parametrize("name", anyio_keyq.__all__)
+def test_public_objects_report_the_public_module(name: str) -> None:
+    obj = getattr(anyio_keyq, name)
+    assert obj.__module__ == "anyio_keyq"
+    assert obj.__doc__
+
+
+@pytest.mark.parametrize(
+    "name",
+    [n for n in anyio_keyq.__all__ if n in ("Job", "KeyedLanes", "LanesStatistics")],
+)
+def test_concrete_classes_refuse_subclassing(name: str) -> None:
+    cls = getattr(anyio_keyq, name)
+    assert inspect.isclass(cls)
+    with pytest.raises(TypeError, match="does not support subclassing"):
+        type("Sub", (cls,), {})
+
+
+def test_exception_hierarchy() -> None:
+    import anyio
+
+    assert issubclass(anyio_keyq.LanesClosed, anyio.ClosedResourceError)
+    assert issubclass(anyio_keyq.LaneFull, anyio.WouldBlock)
+    assert issubclass(anyio_keyq.LaneDeadlock, RuntimeError)
+    assert issubclass(anyio_keyq.JobCancelled, Exception)
