@@ -30,7 +30,7 @@ pytest: $(STAMP)
 	$(BIN)/pytest --cov --cov-report=term-missing
 
 docs: $(STAMP)
-	$(BIN)/sphinx-build -q -n -W --keep-going -b html docs docs/_build/html
+	$(BIN)/sphinx-build -q -E -n -W --keep-going -b html docs docs/_build/html
 
 soak: $(STAMP)
 	$(BIN)/pytest -m slow -p no:cacheprovider --count 20 tests

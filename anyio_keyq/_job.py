@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Awaitable, Callable, Generator, Hashable
 from contextvars import Context, ContextVar
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
@@ -14,8 +15,6 @@ from ._exceptions import JobCancelled
 from ._util import describe, final
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Generator, Hashable
-
     from ._permits import Credit, Token
 
 T = TypeVar("T")
