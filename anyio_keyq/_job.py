@@ -105,6 +105,7 @@ class Job(Generic[T]):
     __slots__ = (
         "__weakref__",
         "_args",
+        "_awaiting",
         "_cancel_requested",
         "_chain",
         "_credit",
@@ -153,6 +154,7 @@ class Job(Generic[T]):
         self._scope: anyio.CancelScope | None = None
         self._cancel_requested = False
         self._ordered = False
+        self._awaiting: Job[Any] | None = None
         self._token: Token | None = None
         self._credit: Credit | None = None
         self._credits: list[Credit] | None = None
@@ -231,14 +233,18 @@ class Job(Generic[T]):
             await checkpoint()
             return
         credit = None
+        previous: Job[Any] | None = None
         waiter = current_job.get()
         if waiter is not None:
             credit = self._owner._lend(waiter, self)
+            previous, waiter._awaiting = waiter._awaiting, self
         try:
             if self._event is None:
                 self._event = anyio.Event()
             await self._event.wait()
         finally:
+            if waiter is not None:
+                waiter._awaiting = previous
             if credit is not None:
                 self._owner._end_credit(credit)
 

@@ -88,6 +88,7 @@ class _Lane(Generic[K]):
     """The bookkeeping of one key: its queue and its counts, and nothing else."""
 
     __slots__ = (
+        "active",
         "idle_at",
         "idle_event",
         "in_lent_ready",
@@ -109,6 +110,7 @@ class _Lane(Generic[K]):
         self.queue: deque[Job[Any]] = deque()
         self.queued = 0
         self.running = 0
+        self.active: list[Job[Any]] = []  # the running jobs
         self.in_ready = False
         self.in_lent_ready = False
         self.lent: list[Credit] = []
@@ -577,6 +579,7 @@ class KeyedLanes(Generic[K]):
         job._credit = credit
         lane.queued -= 1
         lane.running += 1
+        lane.active.append(job)
         self._queued -= 1
         self._running += 1
         if self._running > self._peak_running:
@@ -664,6 +667,7 @@ class KeyedLanes(Generic[K]):
         self._running -= 1
         lane = job._lane
         lane.running -= 1
+        lane.active.remove(job)
         if lane.queued:
             if not lane.in_ready:
                 lane.in_ready = True
@@ -748,8 +752,11 @@ class KeyedLanes(Generic[K]):
 
     def _lend(self, waiter: Job[Any], job: Job[Any]) -> Credit | None:
         """*waiter* (a running job) is about to wait for *job*: check and lend."""
-        if job._status is _QUEUED and (self, job.key) in waiter._chain:
-            raise LaneDeadlock(job.key, "awaiting a job that has not started")
+        if job._status is _QUEUED:
+            if (self, job.key) in waiter._chain:
+                raise LaneDeadlock(job.key, "awaiting a job that has not started")
+            if self._waits_for(job, waiter):
+                raise LaneDeadlock(job.key, "awaiting a job queued behind jobs that wait for it")
         extra = tuple(link for link in waiter._chain if link not in job._chain)
         if extra:
             job._chain = job._chain + extra
@@ -769,6 +776,29 @@ class KeyedLanes(Generic[K]):
         self._offer_credit(credit)
         self._kick()
         return credit
+
+    def _waits_for(self, job: Job[Any], target: Job[Any]) -> bool:
+        """Whether queued *job* can start only after *target* has finished.
+
+        Follows the wait-for graph: a queued job waits for the running jobs of its
+        full lane, and a running job for the job it awaits.
+        """
+        seen: set[int] = set()
+        stack = [job]
+        while stack:
+            current = stack.pop()
+            if current is target:
+                return True
+            if id(current) in seen or current._owner is not self:
+                continue
+            seen.add(id(current))
+            if current._status is _QUEUED:
+                lane = current._lane
+                if lane.running >= self._per_key:
+                    stack.extend(lane.active)
+            elif current._awaiting is not None:
+                stack.append(current._awaiting)
+        return False
 
     def _offer_credit(self, credit: Credit) -> None:
         lane = credit.lane

@@ -738,6 +738,33 @@ class TestNestedCalls:
             with pytest.raises(LaneDeadlock):
                 await lanes.run("a", on_a)
 
+    async def test_cycle_between_independent_jobs_is_detected(self) -> None:
+        both_running = anyio.Event()
+        arrived = 0
+        outcomes: dict[str, str] = {}
+
+        async def transfer(source: str, target: str) -> None:
+            nonlocal arrived
+            arrived += 1
+            if arrived == 2:
+                both_running.set()
+            await both_running.wait()
+            try:
+                await lanes.run(target, echo, source)
+            except LaneDeadlock:
+                outcomes[source] = "deadlock"
+            else:
+                outcomes[source] = "done"
+
+        async with KeyedLanes[str]() as lanes:
+            with anyio.fail_after(5):
+                first = lanes.submit_nowait("A", transfer, "A", "B")
+                second = lanes.submit_nowait("B", transfer, "B", "A")
+                await first
+                await second
+        # exactly one side sees the cycle; the other then completes
+        assert sorted(outcomes.values()) == ["deadlock", "done"]
+
     async def test_global_wait_idle_from_a_job_raises(self) -> None:
         async with KeyedLanes[str]() as lanes:
 
