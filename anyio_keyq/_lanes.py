@@ -652,10 +652,7 @@ class KeyedLanes(Generic[K]):
         """Settle a running job; return its permit if nobody else holds it now."""
         if job._ordered:  # settled before its turn to begin came
             self._pass_turn(job)
-        job._settle(status, value, exc)
-        if job._credits:
-            for credit in job._credits:
-                self._end_credit(credit)
+        self._settle(job, status, value, exc)
         if status is _FINISHED:
             self._completed += 1
         elif timed_out:
@@ -705,10 +702,7 @@ class KeyedLanes(Generic[K]):
 
     def _cancel_queued(self, job: Job[Any]) -> None:
         lane = job._lane
-        job._settle(_CANCELLED)
-        if job._credits:
-            for credit in job._credits:
-                self._end_credit(credit)
+        self._settle(job, _CANCELLED)
         self._cancelled += 1
         self._queued -= 1
         lane.queued -= 1
@@ -719,6 +713,15 @@ class KeyedLanes(Generic[K]):
         if not self._running and not self._queued:
             self._wake_idle()
         self._kick()
+
+    def _settle(
+        self, job: Job[Any], status: JobStatus, value: Any = None, exc: BaseException | None = None
+    ) -> None:
+        """Settle *job* and take back the permits lent to its lane on its behalf."""
+        job._settle(status, value, exc)
+        if job._credits:
+            for credit in job._credits:
+                self._end_credit(credit)
 
     def _lane_idle(self, lane: _Lane[K]) -> None:
         lane.queue.clear()

@@ -60,9 +60,6 @@ class Permits:
     def release(self, token: Token) -> None:
         pass
 
-    def in_use(self) -> int:
-        return 0
-
 
 class CountedPermits(Permits):
     """``limit=N``: a private count; only the lanes' own jobs take its tokens."""
@@ -81,9 +78,6 @@ class CountedPermits(Permits):
 
     def release(self, token: Token) -> None:
         self._used -= 1
-
-    def in_use(self) -> int:
-        return self._used
 
 
 class LimiterPermits(Permits):
@@ -120,6 +114,3 @@ class LimiterPermits(Permits):
 
     def release(self, token: Token) -> None:
         self.limiter.release_on_behalf_of(token)
-
-    def in_use(self) -> int:
-        return int(self.limiter.borrowed_tokens)
