@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest docs examples soak clean
+.PHONY: demo test lint typecheck pytest docs examples soak bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ pytest: $(STAMP)
 
 docs: $(STAMP)
 	$(BIN)/sphinx-build -q -E -n -W --keep-going -b html docs docs/_build/html
+
+# The full benchmark run (minutes): results, table and plot go to docs/performance/.
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks
 
 # The whole suite 20 times in a row: a flaky test shows up here.
 soak: $(STAMP)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import enum
 import logging
+import types
 from collections.abc import Awaitable, Callable, Generator, Hashable
 from contextvars import Context, ContextVar
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from types import CoroutineType
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 
 import anyio
 from anyio.lowlevel import checkpoint
@@ -107,7 +109,6 @@ class Job(Generic[T]):
         "_args",
         "_awaiting",
         "_cancel_requested",
-        "_chain",
         "_credit",
         "_credits",
         "_ctx",
@@ -115,6 +116,7 @@ class Job(Generic[T]):
         "_exc",
         "_fn",
         "_lane",
+        "_links",
         "_ordered",
         "_owner",
         "_report",
@@ -138,7 +140,7 @@ class Job(Generic[T]):
         args: tuple[Any, ...],
         ctx: Context,
         timeout: float | None,
-        chain: tuple[tuple[object, Hashable], ...],
+        links: tuple[tuple[object, Hashable], ...] | None,
     ) -> None:
         self._owner = owner
         self._lane = lane
@@ -147,7 +149,8 @@ class Job(Generic[T]):
         self._args = args
         self._ctx = ctx
         self._timeout = timeout
-        self._chain = chain
+        # The lanes that wait, through nested calls, for this job: see _chain.
+        self._links = links
         self._status = _QUEUED
         self._exc: BaseException | None = None
         self._event: anyio.Event | None = None
@@ -166,6 +169,12 @@ class Job(Generic[T]):
     def status(self) -> JobStatus:
         """The job's current :class:`JobStatus`."""
         return self._status
+
+    @property
+    def _chain(self) -> tuple[tuple[object, Hashable], ...]:
+        """The (lanes, key) pairs this job's code runs inside: waiting on one is fatal."""
+        own = ((self._owner, self.key),)
+        return own if self._links is None else self._links + own
 
     @property
     def timeout(self) -> float | None:
@@ -284,54 +293,63 @@ class Job(Generic[T]):
         if self._event is not None:
             self._event.set()
 
-    def _call(self) -> _InContext:
+    def _call_here(self) -> Awaitable[T]:
+        """Call the job's function in the current context; await the result."""
+        awaitable: Any = self._fn(*self._args)
+        if type(awaitable) is CoroutineType:
+            return cast("Awaitable[T]", awaitable)
+        return cast("Awaitable[T]", _drive(None, awaitable, self._fn))
+
+    def _call(self) -> Awaitable[T]:
         """Call the job's function in the submitter's context; await the result."""
-        return _InContext(self._ctx, self._ctx.run(self._fn, *self._args), self._fn)
+        ctx = self._ctx
+        ctx.run(current_job.set, self)
+        return cast("Awaitable[T]", _drive(ctx, ctx.run(self._fn, *self._args), self._fn))
 
 
-class _InContext:
-    """Drive an awaitable with every step run in *ctx*.
+@types.coroutine
+def _drive(
+    ctx: Context | None, awaitable: Any, fn: Callable[..., object]
+) -> Generator[Any, Any, Any]:
+    """Drive *awaitable* with every step run in *ctx*.
 
     Lane workers are reused across jobs, so a job's coroutine does not get a task (and
     a context) of its own. Stepping it inside a copy of the submitter's context gives
     it what a task spawned by the submitter would see, and keeps context variables
     set by one job from leaking into the next job of the same worker.
     """
-
-    __slots__ = ("_awaitable", "_ctx", "_fn")
-
-    def __init__(self, ctx: Context, awaitable: Any, fn: object) -> None:
-        self._ctx = ctx
-        self._awaitable = awaitable
-        self._fn = fn
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        awaitable = self._awaitable
+    it: Any
+    if type(awaitable) is CoroutineType:
+        it = cast(Any, awaitable)  # a coroutine steps itself: no wrapper needed
+    else:
         try:
             it = awaitable.__await__()
         except AttributeError:
             raise TypeError(
-                f"fn must be an async function, but {describe(self._fn)!s} "  # type: ignore[arg-type]
+                f"fn must be an async function, but {describe(fn)} "
                 f"returned {awaitable!r}, which cannot be awaited"
             ) from None
-        run = self._ctx.run
-        send = it.send
-        value: Any = None
-        exc: BaseException | None = None
-        while True:
+    if ctx is None:
+        return cast(Any, (yield from it))
+    run = ctx.run
+    send = it.send
+    try:
+        yielded = run(send, None)
+    except StopIteration as stop:
+        return stop.value
+    while True:
+        try:
+            value = yield yielded
+        except GeneratorExit:
+            run(it.close)
+            raise
+        except BaseException as exc:
             try:
-                if exc is None:
-                    yielded = run(send, value)
-                else:
-                    yielded = run(it.throw, exc)
+                yielded = run(it.throw, exc)
             except StopIteration as stop:
                 return stop.value
-            finally:
-                exc = value = None
+        else:
             try:
-                value = yield yielded
-            except GeneratorExit:
-                run(it.close)
-                raise
-            except BaseException as caught:
-                exc = caught
+                yielded = run(send, value)
+            except StopIteration as stop:
+                return stop.value

@@ -191,6 +191,7 @@ class KeyedLanes(Generic[K]):
         "_completed",
         "_entered",
         "_failed",
+        "_home",
         "_host",
         "_idle_event",
         "_idle_timeout",
@@ -249,6 +250,9 @@ class KeyedLanes(Generic[K]):
                 f"task_group must be an anyio task group or a trio nursery, got {task_group!r}"
             )
         self._host: TaskSpawner | None = task_group
+        self._home = copy_context()
+        if current_job.get() is not None:  # created by a job: workers are not inside it
+            self._home.run(current_job.set, None)
         self._own_tg: anyio.abc.TaskGroup | None = None
         self._entered = False
         self._closed = False
@@ -494,12 +498,13 @@ class KeyedLanes(Generic[K]):
             timeout = self._timeout
         else:
             timeout = _job_timeout("timeout", timeout)
-        chain: tuple[tuple[object, Hashable], ...] | None = None
-        caller = current_job.get()
-        if what is not None and caller is not None:
-            chain = caller._chain
-            if (self, key) in chain:
-                raise LaneDeadlock(key, what)
+        links: tuple[tuple[object, Hashable], ...] | None = None
+        if what is not None:
+            caller = current_job.get()
+            if caller is not None:
+                links = caller._chain
+                if (self, key) in links:
+                    raise LaneDeadlock(key, what)
         try:
             lane = self._lanes.get(key)
         except TypeError:
@@ -509,17 +514,7 @@ class KeyedLanes(Generic[K]):
             ) from None
         if lane is None:
             lane = self._lanes[key] = _Lane(key)
-        own = ((self, key),)
-        job = Job(
-            self,
-            lane,
-            key,
-            fn,
-            args,
-            copy_context(),
-            timeout,
-            own if chain is None else chain + own,
-        )
+        job = Job(self, lane, key, fn, args, copy_context(), timeout, links)
         return lane, job
 
     def _forget_if_idle(self, lane: _Lane[K]) -> None:
@@ -760,9 +755,10 @@ class KeyedLanes(Generic[K]):
                 raise LaneDeadlock(job.key, "awaiting a job that has not started")
             if self._waits_for(job, waiter):
                 raise LaneDeadlock(job.key, "awaiting a job queued behind jobs that wait for it")
-        extra = tuple(link for link in waiter._chain if link not in job._chain)
+        chain = job._chain
+        extra = tuple(link for link in waiter._chain if link not in chain)
         if extra:
-            job._chain = job._chain + extra
+            job._links = extra if job._links is None else job._links + extra
         token = waiter._token
         if (
             waiter._owner is not self
@@ -822,7 +818,7 @@ class KeyedLanes(Generic[K]):
 
     def _kick(self) -> None:
         """Start as much ready work as the free permits allow."""
-        if self._shutdown:
+        if self._shutdown or not (self._lent_ready or self._permits.maybe_free()):
             return
         while (job := self._next(None)) is not None:
             if self._parked:
@@ -835,14 +831,27 @@ class KeyedLanes(Generic[K]):
     def _spawn(self, fn: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
         host = self._host
         assert host is not None
-        host.start_soon(fn, *args, name=f"anyio_keyq lane worker {id(self):#x}")
+        # Tasks start in the lanes' home context, whoever triggered the spawn.
+        self._home.copy().run(
+            host.start_soon, fn, *args, name=f"anyio_keyq lane worker {id(self):#x}"
+        )
 
     async def _worker(self, job: Job[Any] | None) -> None:
         """Run jobs, one after another, for as long as there is ready work."""
         self._workers += 1
         free: Token | None = None
+        # Jobs submitted from a context equal to this worker's run right here, with no
+        # per-step context switch; a job that changes the context retires the worker,
+        # so that nothing it set leaks into the next job.
+        home = copy_context()
+        dirty = False
         try:
             while True:
+                if dirty:
+                    if free is not None:
+                        self._permits.release(free)
+                    self._kick()
+                    return
                 if job is None:
                     job = self._next(free)
                     free = None
@@ -863,8 +872,15 @@ class KeyedLanes(Generic[K]):
                             try:
                                 if job._ordered:
                                     await self._take_turn(job)
-                                job._ctx.run(current_job.set, job)
-                                value = await job._call()
+                                if job._ctx == home:
+                                    reset = current_job.set(job)
+                                    try:
+                                        value = await job._call_here()
+                                    finally:
+                                        current_job.reset(reset)
+                                        dirty = copy_context() != home
+                                else:
+                                    value = await job._call()
                             except BaseException as exc:
                                 free = self._finish_exc(job, exc, scope)
                                 job = None
@@ -872,6 +888,9 @@ class KeyedLanes(Generic[K]):
                                     raise
                             else:
                                 free = self._finish(job, _FINISHED, value)
+                        if dirty:
+                            job = None
+                            break
                         job = self._next(free)
                         free = None
                         if job is None or scope.cancel_called:

@@ -54,6 +54,10 @@ class Permits:
     def try_acquire(self) -> Token | None:
         return Token()
 
+    def maybe_free(self) -> bool:
+        """Whether try_acquire() might succeed (cheap; False only when it cannot)."""
+        return True
+
     async def acquire(self) -> Token:  # pragma: no cover - only shared sources wait
         raise NotImplementedError
 
@@ -78,6 +82,9 @@ class CountedPermits(Permits):
 
     def release(self, token: Token) -> None:
         self._used -= 1
+
+    def maybe_free(self) -> bool:
+        return self._used < self.total
 
 
 class LimiterPermits(Permits):

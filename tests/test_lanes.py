@@ -973,6 +973,25 @@ class TestContext:
         assert seen == ["submitter", "later"]
         assert var.get() == "later"
 
+    async def test_a_job_that_sets_a_variable_does_not_leak_it(self) -> None:
+        var: ContextVar[str] = ContextVar("var", default="unset")
+        seen: list[str] = []
+
+        async def job(set_to: str | None) -> None:
+            seen.append(var.get())
+            if set_to is not None:
+                var.set(set_to)
+            await checkpoint()
+
+        # submitted from the lanes' own context: jobs run in the worker directly
+        async with KeyedLanes[int](limit=1) as lanes:
+            for i in range(4):
+                lanes.submit_nowait(i, job, f"set by {i}")
+            await lanes.wait_idle()
+            retired = lanes.statistics().workers
+        assert seen == ["unset"] * 4
+        assert retired == 0
+
 
 class TestStatistics:
     async def test_statistics_snapshot_is_frozen_and_consistent(self) -> None:
