@@ -320,7 +320,7 @@ def _drive(
     """
     it: Any
     if type(awaitable) is CoroutineType:
-        it = cast(Any, awaitable)  # a coroutine steps itself: no wrapper needed
+        it = cast("Any", awaitable)  # a coroutine steps itself: no wrapper needed
     else:
         try:
             it = awaitable.__await__()
@@ -330,7 +330,7 @@ def _drive(
                 f"returned {awaitable!r}, which cannot be awaited"
             ) from None
     if ctx is None:
-        return cast(Any, (yield from it))
+        return cast("Any", (yield from it))
     run = ctx.run
     send = it.send
     try:

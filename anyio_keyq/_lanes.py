@@ -113,7 +113,7 @@ class _Lane(Generic[K]):
         self.active: list[Job[Any]] = []  # the running jobs
         self.in_ready = False
         self.in_lent_ready = False
-        self.lent: list[Credit] = []
+        self.lent: list[Credit] | None = None
         self.room: deque[_RoomWaiter] | None = None
         self.idle_at: float | None = None
         self.idle_event: anyio.Event | None = None
@@ -514,7 +514,10 @@ class KeyedLanes(Generic[K]):
             ) from None
         if lane is None:
             lane = self._lanes[key] = _Lane(key)
-        job = Job(self, lane, key, fn, args, copy_context(), timeout, links)
+        ctx = copy_context()
+        if ctx == self._home:
+            ctx = self._home  # one shared context instead of a copy per queued job
+        job = Job(self, lane, key, fn, args, ctx, timeout, links)
         return lane, job
 
     def _forget_if_idle(self, lane: _Lane[K]) -> None:
@@ -647,7 +650,10 @@ class KeyedLanes(Generic[K]):
         """Settle a running job; return its permit if nobody else holds it now."""
         if job._ordered:  # settled before its turn to begin came
             self._pass_turn(job)
-        self._settle(job, status, value, exc)
+        job._settle(status, value, exc)
+        if job._credits:
+            for credit in job._credits:
+                self._end_credit(credit)
         if status is _FINISHED:
             self._completed += 1
         elif timed_out:
@@ -719,14 +725,16 @@ class KeyedLanes(Generic[K]):
                 self._end_credit(credit)
 
     def _lane_idle(self, lane: _Lane[K]) -> None:
-        lane.queue.clear()
+        if lane.queue:
+            lane.queue.clear()  # cancelled jobs left behind
         if lane.idle_event is not None:
             lane.idle_event.set()
             lane.idle_event = None
         if not lane.live:
             return
-        if self._idle_timeout == 0 or self._shutdown:
-            self._drop(lane)
+        if not self._idle_timeout or self._shutdown:
+            lane.live = False
+            del self._lanes[lane.key]
             return
         now = anyio.current_time()
         lane.idle_at = now
@@ -801,6 +809,8 @@ class KeyedLanes(Generic[K]):
 
     def _offer_credit(self, credit: Credit) -> None:
         lane = credit.lane
+        if lane.lent is None:
+            lane.lent = []
         lane.lent.append(credit)
         if not lane.in_lent_ready:
             lane.in_lent_ready = True
@@ -809,10 +819,9 @@ class KeyedLanes(Generic[K]):
     def _end_credit(self, credit: Credit) -> None:
         if credit.active:
             credit.active = False
-            try:
-                credit.lane.lent.remove(credit)
-            except ValueError:
-                pass  # in use by a running job, which will not give it back
+            lent = credit.lane.lent
+            if lent is not None and credit in lent:  # else a running job uses it
+                lent.remove(credit)
 
     # -- workers ---------------------------------------------------------------------
 
