@@ -89,6 +89,8 @@ class _Lane(Generic[K]):
 
     __slots__ = (
         "active",
+        "current",
+        "head",
         "idle_at",
         "idle_event",
         "in_lent_ready",
@@ -106,11 +108,16 @@ class _Lane(Generic[K]):
 
     def __init__(self, key: K) -> None:
         self.key = key
-        # Jobs in submission order; cancelled jobs stay as tombstones until popped.
-        self.queue: deque[Job[Any]] = deque()
+        # Jobs in submission order: the first in `head`, the others in `queue`, made
+        # only when needed (most lanes never hold two). Cancelled jobs stay as
+        # tombstones until popped.
+        self.head: Job[Any] | None = None
+        self.queue: deque[Job[Any]] | None = None
         self.queued = 0
         self.running = 0
-        self.active: list[Job[Any]] = []  # the running jobs
+        # The running job (per_key=1) or jobs (per_key > 1, made when first needed).
+        self.current: Job[Any] | None = None
+        self.active: list[Job[Any]] | None = None
         self.in_ready = False
         self.in_lent_ready = False
         self.lent: list[Credit] | None = None
@@ -375,10 +382,10 @@ class KeyedLanes(Generic[K]):
         self.close()
         self._shutdown = True
         for lane in list(self._lanes.values()):
-            for job in list(lane.queue):
+            for job in self._queued_jobs(lane):
                 if job._status is _QUEUED:
                     self._cancel_queued(job)
-            lane.queue.clear()
+            self._clear_queue(lane)
 
     # -- submitting ----------------------------------------------------------------
 
@@ -546,8 +553,23 @@ class KeyedLanes(Generic[K]):
 
     # -- bookkeeping (all synchronous) ------------------------------------------------
 
+    def _queued_jobs(self, lane: _Lane[K]) -> list[Job[Any]]:
+        if lane.head is None:
+            return []
+        return [lane.head] if not lane.queue else [lane.head, *lane.queue]
+
+    def _clear_queue(self, lane: _Lane[K]) -> None:
+        lane.head = None
+        if lane.queue:
+            lane.queue.clear()
+
     def _enqueue(self, lane: _Lane[K], job: Job[Any]) -> None:
-        lane.queue.append(job)
+        if lane.head is None:
+            lane.head = job
+        elif lane.queue is None:
+            lane.queue = deque((job,))
+        else:
+            lane.queue.append(job)
         lane.queued += 1
         lane.idle_at = None
         self._queued += 1
@@ -569,15 +591,23 @@ class KeyedLanes(Generic[K]):
     def _start(self, lane: _Lane[K], token: Token, credit: Credit | None) -> Job[Any]:
         """Take the next queued job of *lane* and mark it running on *token*."""
         queue = lane.queue
-        job = queue.popleft()
-        while job._status is not _QUEUED:
-            job = queue.popleft()
+        while True:
+            job = lane.head
+            assert job is not None
+            lane.head = queue.popleft() if queue else None
+            if job._status is _QUEUED:
+                break
         job._status = _RUNNING
         job._token = token
         job._credit = credit
         lane.queued -= 1
         lane.running += 1
-        lane.active.append(job)
+        if self._per_key == 1:
+            lane.current = job
+        elif lane.active is None:
+            lane.active = [job]
+        else:
+            lane.active.append(job)
         self._queued -= 1
         self._running += 1
         if self._running > self._peak_running:
@@ -665,7 +695,10 @@ class KeyedLanes(Generic[K]):
         self._running -= 1
         lane = job._lane
         lane.running -= 1
-        lane.active.remove(job)
+        if lane.active is None:
+            lane.current = None
+        else:
+            lane.active.remove(job)
         if lane.queued:
             if not lane.in_ready:
                 lane.in_ready = True
@@ -725,8 +758,8 @@ class KeyedLanes(Generic[K]):
                 self._end_credit(credit)
 
     def _lane_idle(self, lane: _Lane[K]) -> None:
-        if lane.queue:
-            lane.queue.clear()  # cancelled jobs left behind
+        if lane.head is not None:
+            self._clear_queue(lane)  # cancelled jobs left behind
         if lane.idle_event is not None:
             lane.idle_event.set()
             lane.idle_event = None
@@ -802,7 +835,10 @@ class KeyedLanes(Generic[K]):
             if current._status is _QUEUED:
                 lane = current._lane
                 if lane.running >= self._per_key:
-                    stack.extend(lane.active)
+                    if lane.active is not None:
+                        stack.extend(lane.active)
+                    elif lane.current is not None:
+                        stack.append(lane.current)
             elif current._awaiting is not None:
                 stack.append(current._awaiting)
         return False

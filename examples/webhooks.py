@@ -68,7 +68,7 @@ async def main() -> None:
     outcomes: dict[str, list[str]] = {url: [] for url in DESTINATIONS}
     async with (
         anyio.create_task_group() as tg,
-        KeyedLanes[str](limit=outbound, timeout=0.05) as lanes,
+        KeyedLanes[str](limit=outbound, timeout=0.5) as lanes,
     ):
         tg.start_soon(report_metrics, http, outbound)
         # Events arrive interleaved across destinations: order 1 everywhere, then 2...
