@@ -1,0 +1,1 @@
+"""The benchmark suite of anyio-keyq: ``python -m benchmarks --help``."""
