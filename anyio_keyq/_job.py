@@ -14,6 +14,7 @@ import anyio
 from anyio.lowlevel import checkpoint
 
 from ._exceptions import JobCancelled
+from ._lane import Lane
 from ._util import describe, final
 
 if TYPE_CHECKING:
@@ -90,8 +91,24 @@ class _Unretrieved:
             logger.error("Exception of %s was never retrieved", self.job_repr, exc_info=self.exc)
 
 
+class _JobExtras:
+    """The fields of a job that most jobs never use, kept apart to keep jobs small."""
+
+    __slots__ = ("awaiting", "credit", "credits", "links", "report")
+
+    def __init__(self, links: tuple[tuple[object, Hashable], ...] | None = None) -> None:
+        # The lanes that wait, through nested calls, for this job: see Job._chain.
+        self.links = links
+        # The job this (running) job is waiting for.
+        self.awaiting: Job[Any] | None = None
+        # The credit this job was started on, and the credits lent to its lane for it.
+        self.credit: Credit | None = None
+        self.credits: list[Credit] | None = None
+        self.report: _Unretrieved | None = None
+
+
 @final
-class Job(Generic[T]):
+class Job(Lane, Generic[T]):
     """A handle on one unit of work: await it for the result.
 
     Jobs are created by the library (for example by
@@ -104,32 +121,29 @@ class Job(Generic[T]):
     cancelled, the job goes on. Use :meth:`cancel` to cancel the job itself.
     """
 
+    # Every job is a potential lane record (see Lane), so that a key's first job needs
+    # no second object. A large backlog is dominated by the cyclic collector's visits
+    # to every queued object: fewer, smaller objects per job is most of the speed.
     __slots__ = (
         "__weakref__",
         "_args",
-        "_awaiting",
         "_cancel_requested",
-        "_credit",
-        "_credits",
         "_ctx",
         "_event",
-        "_exc",
+        "_extras",
         "_fn",
         "_lane",
-        "_links",
         "_ordered",
+        "_outcome",
         "_owner",
-        "_report",
         "_scope",
         "_status",
         "_timeout",
         "_token",
-        "_value",
         "key",
     )
 
     key: Hashable
-    _value: T
 
     def __init__(
         self,
@@ -149,19 +163,23 @@ class Job(Generic[T]):
         self._args = args
         self._ctx = ctx
         self._timeout = timeout
-        # The lanes that wait, through nested calls, for this job: see _chain.
-        self._links = links
         self._status = _QUEUED
-        self._exc: BaseException | None = None
+        # The return value once finished, the exception once failed.
+        self._outcome: Any = None
         self._event: anyio.Event | None = None
         self._scope: anyio.CancelScope | None = None
+        self._token: Token | None = None
         self._cancel_requested = False
         self._ordered = False
-        self._awaiting: Job[Any] | None = None
-        self._token: Token | None = None
-        self._credit: Credit | None = None
-        self._credits: list[Credit] | None = None
-        self._report: _Unretrieved | None = None
+        self._extras = None if links is None else _JobExtras(links)
+
+    @property
+    def _more(self) -> _JobExtras:
+        """The job's rarely used fields, made on first use."""
+        extras = self._extras
+        if extras is None:
+            extras = self._extras = _JobExtras()
+        return extras
 
     # -- public surface ------------------------------------------------------------
 
@@ -174,7 +192,10 @@ class Job(Generic[T]):
     def _chain(self) -> tuple[tuple[object, Hashable], ...]:
         """The (lanes, key) pairs this job's code runs inside: waiting on one is fatal."""
         own = ((self._owner, self.key),)
-        return own if self._links is None else self._links + own
+        extras = self._extras
+        if extras is None or extras.links is None:
+            return own
+        return extras.links + own
 
     @property
     def timeout(self) -> float | None:
@@ -206,11 +227,10 @@ class Job(Generic[T]):
         :raises RuntimeError: if the job has not settled yet
         """
         if self._status is _FINISHED:
-            return self._value
+            return cast("T", self._outcome)
         if self._status is _FAILED:
-            assert self._exc is not None
             self._mark_retrieved()
-            raise self._exc
+            raise cast("BaseException", self._outcome)
         if self._status is _CANCELLED:
             raise JobCancelled(self.key)
         raise RuntimeError(f"{self!r} has not settled yet; await it first")
@@ -225,7 +245,7 @@ class Job(Generic[T]):
             return None
         if self._status is _FAILED:
             self._mark_retrieved()
-            return self._exc
+            return cast("BaseException", self._outcome)
         if self._status is _CANCELLED:
             raise JobCancelled(self.key)
         raise RuntimeError(f"{self!r} has not settled yet; await it first")
@@ -246,14 +266,15 @@ class Job(Generic[T]):
         waiter = current_job.get()
         if waiter is not None:
             credit = self._owner._lend(waiter, self)
-            previous, waiter._awaiting = waiter._awaiting, self
+            more = waiter._more
+            previous, more.awaiting = more.awaiting, self
         try:
             if self._event is None:
                 self._event = anyio.Event()
             await self._event.wait()
         finally:
             if waiter is not None:
-                waiter._awaiting = previous
+                waiter._more.awaiting = previous
             if credit is not None:
                 self._owner._end_credit(credit)
 
@@ -273,20 +294,20 @@ class Job(Generic[T]):
 
     def _mark_retrieved(self) -> None:
         """Someone has seen (or given up on) the outcome: never report it."""
-        report = self._report
-        if report is not None:
-            report.exc = None
-            self._report = None
+        extras = self._extras
+        if extras is not None and extras.report is not None:
+            extras.report.exc = None
+            extras.report = None
 
     def _settle(
         self, status: JobStatus, value: Any = None, exc: BaseException | None = None
     ) -> None:
         self._status = status
         if status is _FINISHED:
-            self._value = value
+            self._outcome = value
         elif exc is not None:
-            self._exc = exc
-            self._report = _Unretrieved(exc, repr(self))
+            self._outcome = exc
+            self._more.report = _Unretrieved(exc, repr(self))
         self._scope = None
         self._args = ()
         self._ctx = _SPENT  # it refers back to this job: break the cycle

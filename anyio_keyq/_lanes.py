@@ -13,12 +13,14 @@ import anyio
 from anyio.lowlevel import cancel_shielded_checkpoint, checkpoint, checkpoint_if_cancelled
 
 from ._exceptions import LaneDeadlock, LaneFull, LanesClosed
-from ._job import Job, JobStatus, current_job
+from ._job import Job, JobStatus, _JobExtras, current_job
 from ._permits import CountedPermits, Credit, LimiterPermits, Permits, Token
 from ._util import check_bound, check_callable, check_positive_int, check_seconds, final
 
 if TYPE_CHECKING:
     from types import TracebackType
+
+    from ._lane import Lane
 
 K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
@@ -82,53 +84,6 @@ class LanesStatistics:
     peak_running: int
     #: The global limit (``math.inf`` when there is none).
     limit: float
-
-
-class _Lane(Generic[K]):
-    """The bookkeeping of one key: its queue and its counts, and nothing else."""
-
-    __slots__ = (
-        "active",
-        "current",
-        "head",
-        "idle_at",
-        "idle_event",
-        "in_lent_ready",
-        "in_ready",
-        "key",
-        "lent",
-        "live",
-        "queue",
-        "queued",
-        "room",
-        "running",
-        "starting",
-        "turn",
-    )
-
-    def __init__(self, key: K) -> None:
-        self.key = key
-        # Jobs in submission order: the first in `head`, the others in `queue`, made
-        # only when needed (most lanes never hold two). Cancelled jobs stay as
-        # tombstones until popped.
-        self.head: Job[Any] | None = None
-        self.queue: deque[Job[Any]] | None = None
-        self.queued = 0
-        self.running = 0
-        # The running job (per_key=1) or jobs (per_key > 1, made when first needed).
-        self.current: Job[Any] | None = None
-        self.active: list[Job[Any]] | None = None
-        self.in_ready = False
-        self.in_lent_ready = False
-        self.lent: list[Credit] | None = None
-        self.room: deque[_RoomWaiter] | None = None
-        self.idle_at: float | None = None
-        self.idle_event: anyio.Event | None = None
-        self.live = True
-        # With per_key > 1: jobs handed to workers but not yet begun, in order, so
-        # that they begin in submission order whatever order their workers wake in.
-        self.starting: deque[Job[Any]] | None = None
-        self.turn: anyio.Event | None = None
 
 
 class _RoomWaiter:
@@ -265,13 +220,13 @@ class KeyedLanes(Generic[K]):
         self._closed = False
         self._closed_reason = "the lanes are closed and accept no new jobs"
         self._shutdown = False
-        self._lanes: dict[K, _Lane[K]] = {}
-        self._ready: deque[_Lane[K]] = deque()
-        self._lent_ready: deque[_Lane[K]] = deque()
+        self._lanes: dict[K, Lane] = {}
+        self._ready: deque[Lane] = deque()
+        self._lent_ready: deque[Lane] = deque()
         self._parked: list[_Parked] = []
         self._workers = 0
         self._token_waiter_scope: anyio.CancelScope | None = None
-        self._lingering: deque[tuple[float, _Lane[K]]] = deque()
+        self._lingering: deque[tuple[float, Lane]] = deque()
         self._reaper_scope: anyio.CancelScope | None = None
         self._idle_event: anyio.Event | None = None
         self._room_waiting = 0
@@ -460,12 +415,13 @@ class KeyedLanes(Generic[K]):
             are waiting for room
         :raises LanesClosed: if the lanes are closed
         """
-        lane, job = self._new_job(key, fn, args, timeout, None)
+        job = self._new_job(key, fn, args, timeout, None)
+        lane = job._lane
         if lane.queued >= self._max_pending or lane.room:
             self._forget_if_idle(lane)
             raise LaneFull(key, self._max_pending)
-        self._enqueue(lane, job)
-        self._kick()
+        if self._enqueue(lane, job):
+            self._kick()
         return job
 
     async def _accept(
@@ -476,10 +432,11 @@ class KeyedLanes(Generic[K]):
         timeout: float | None,
         what: str,
     ) -> Job[T]:
-        lane, job = self._new_job(key, fn, args, timeout, what)
+        job = self._new_job(key, fn, args, timeout, what)
+        lane = job._lane
         if lane.queued < self._max_pending and not lane.room:
-            self._enqueue(lane, job)
-            self._kick()
+            if self._enqueue(lane, job):
+                self._kick()
             return job
         await self._wait_for_room(lane, job)
         return job
@@ -491,7 +448,7 @@ class KeyedLanes(Generic[K]):
         args: tuple[Any, ...],
         timeout: float | None,
         what: str | None,
-    ) -> tuple[_Lane[K], Job[T]]:
+    ) -> Job[T]:
         if self._closed:
             raise LanesClosed(self._closed_reason)
         if self._host is None:
@@ -519,19 +476,20 @@ class KeyedLanes(Generic[K]):
                 f"key must be hashable, got {key!r} of type {type(key).__name__}; "
                 f"use an immutable value such as a str, an int or a tuple"
             ) from None
-        if lane is None:
-            lane = self._lanes[key] = _Lane(key)
         ctx = copy_context()
         if ctx == self._home:
             ctx = self._home  # one shared context instead of a copy per queued job
         job = Job(self, lane, key, fn, args, ctx, timeout, links)
-        return lane, job
+        if lane is None:  # the job opens the lane of its key: see Lane
+            job._lane = self._lanes[key] = job
+            job.open_lane()
+        return job
 
-    def _forget_if_idle(self, lane: _Lane[K]) -> None:
+    def _forget_if_idle(self, lane: Lane) -> None:
         if not lane.queued and not lane.running and lane.idle_at is None:
             self._drop(lane)
 
-    async def _wait_for_room(self, lane: _Lane[K], job: Job[Any]) -> None:
+    async def _wait_for_room(self, lane: Lane, job: Job[Any]) -> None:
         waiter = _RoomWaiter(job)
         if lane.room is None:
             lane.room = deque()
@@ -553,17 +511,18 @@ class KeyedLanes(Generic[K]):
 
     # -- bookkeeping (all synchronous) ------------------------------------------------
 
-    def _queued_jobs(self, lane: _Lane[K]) -> list[Job[Any]]:
+    def _queued_jobs(self, lane: Lane) -> list[Job[Any]]:
         if lane.head is None:
             return []
         return [lane.head] if not lane.queue else [lane.head, *lane.queue]
 
-    def _clear_queue(self, lane: _Lane[K]) -> None:
+    def _clear_queue(self, lane: Lane) -> None:
         lane.head = None
         if lane.queue:
             lane.queue.clear()
 
-    def _enqueue(self, lane: _Lane[K], job: Job[Any]) -> None:
+    def _enqueue(self, lane: Lane, job: Job[Any]) -> bool:
+        """Queue *job*; return whether its lane has just become ready to start a job."""
         if lane.head is None:
             lane.head = job
         elif lane.queue is None:
@@ -577,8 +536,10 @@ class KeyedLanes(Generic[K]):
         if lane.running < self._per_key and not lane.in_ready:
             lane.in_ready = True
             self._ready.append(lane)
+            return True
+        return False
 
-    def _admit(self, lane: _Lane[K]) -> None:
+    def _admit(self, lane: Lane) -> None:
         """Hand freed room in *lane* to the callers waiting for it, first come first."""
         room = lane.room
         assert room is not None
@@ -588,7 +549,7 @@ class KeyedLanes(Generic[K]):
             self._enqueue(lane, waiter.job)
             waiter.event.set()
 
-    def _start(self, lane: _Lane[K], token: Token, credit: Credit | None) -> Job[Any]:
+    def _start(self, lane: Lane, token: Token, credit: Credit | None) -> Job[Any]:
         """Take the next queued job of *lane* and mark it running on *token*."""
         queue = lane.queue
         while True:
@@ -599,30 +560,33 @@ class KeyedLanes(Generic[K]):
                 break
         job._status = _RUNNING
         job._token = token
-        job._credit = credit
+        if credit is not None:
+            job._more.credit = credit
         lane.queued -= 1
         lane.running += 1
-        if self._per_key == 1:
-            lane.current = job
-        elif lane.active is None:
-            lane.active = [job]
-        else:
-            lane.active.append(job)
         self._queued -= 1
         self._running += 1
         if self._running > self._peak_running:
             self._peak_running = self._running
-        if self._per_key > 1:
-            if lane.starting is None:
-                lane.starting = deque()
-            lane.starting.append(job)
-            job._ordered = True
+        if self._per_key == 1:
+            lane.current = job
+        else:
+            self._start_one_of_many(lane, job)
         if lane.room:
             self._admit(lane)
+        return job
+
+    def _start_one_of_many(self, lane: Lane, job: Job[Any]) -> None:
+        """With per_key > 1: track the running jobs, and the order they must begin in."""
+        extras = lane.extras
+        extras.active.append(job)
+        if extras.starting is None:
+            extras.starting = deque()
+        extras.starting.append(job)
+        job._ordered = True
         if lane.queued and lane.running < self._per_key and not lane.in_ready:
             lane.in_ready = True
             self._ready.append(lane)
-        return job
 
     def _next(self, token: Token | None, *, fresh: bool = False) -> Job[Any] | None:
         """Pick the next job to run, fairly, and give it a permit.
@@ -630,24 +594,16 @@ class KeyedLanes(Generic[K]):
         *token* is a free permit the caller holds (or ``None``); it is used or released.
         Lanes with lent credits go first: they are what waiting jobs wait for.
         """
-        lent_ready = self._lent_ready
-        while lent_ready:
-            lane = lent_ready.popleft()
-            lane.in_lent_ready = False
-            if lane.lent and lane.queued and lane.running < self._per_key:
-                credit = lane.lent.pop()
-                credit.token.holders += 1
-                if lane.lent and not lane.in_lent_ready:
-                    lane.in_lent_ready = True
-                    lent_ready.append(lane)
-                if token is not None:
-                    self._permits.release(token)
-                return self._start(lane, credit.token, credit)
+        if self._lent_ready:
+            job = self._next_on_credit(token)
+            if job is not None:
+                return job
         ready = self._ready
         permits = self._permits
+        per_key = self._per_key
         while ready:
             lane = ready[0]
-            if not lane.queued or lane.running >= self._per_key:
+            if not lane.queued or lane.running >= per_key:
                 ready.popleft()
                 lane.in_ready = False
                 continue
@@ -669,6 +625,24 @@ class KeyedLanes(Generic[K]):
             permits.release(token)
         return None
 
+    def _next_on_credit(self, token: Token | None) -> Job[Any] | None:
+        """Start a job of a lane that waiting jobs have lent their permits to."""
+        lent_ready = self._lent_ready
+        while lent_ready:
+            lane = lent_ready.popleft()
+            extras = lane.extras
+            extras.in_lent_ready = False
+            if extras.lent and lane.queued and lane.running < self._per_key:
+                credit = extras.lent.pop()
+                credit.token.holders += 1
+                if extras.lent:
+                    extras.in_lent_ready = True
+                    lent_ready.append(lane)
+                if token is not None:
+                    self._permits.release(token)
+                return self._start(lane, credit.token, credit)
+        return None
+
     def _finish(
         self,
         job: Job[Any],
@@ -681,9 +655,6 @@ class KeyedLanes(Generic[K]):
         if job._ordered:  # settled before its turn to begin came
             self._pass_turn(job)
         job._settle(status, value, exc)
-        if job._credits:
-            for credit in job._credits:
-                self._end_credit(credit)
         if status is _FINISHED:
             self._completed += 1
         elif timed_out:
@@ -695,10 +666,10 @@ class KeyedLanes(Generic[K]):
         self._running -= 1
         lane = job._lane
         lane.running -= 1
-        if lane.active is None:
+        if self._per_key == 1:
             lane.current = None
         else:
-            lane.active.remove(job)
+            lane.extras.active.remove(job)
         if lane.queued:
             if not lane.in_ready:
                 lane.in_ready = True
@@ -708,31 +679,40 @@ class KeyedLanes(Generic[K]):
         token = job._token
         assert token is not None
         token.holders -= 1
-        lent = job._credit
-        if lent is not None and lent.active:
-            self._offer_credit(lent)
+        extras = job._extras
+        if extras is not None:
+            self._end_credits(extras)
         if not self._running and not self._queued:
             self._wake_idle()
         return token if token.holders == 0 else None
 
+    def _end_credits(self, extras: _JobExtras) -> None:
+        """Take back the credits lent for a settled job; pass on the one it ran on."""
+        if extras.credits:
+            for credit in extras.credits:
+                self._end_credit(credit)
+        lent = extras.credit
+        if lent is not None and lent.active:
+            self._offer_credit(lent)
+
     async def _take_turn(self, job: Job[Any]) -> None:
         """Wait until every job of the lane handed out before *job* has begun."""
-        lane = job._lane
-        assert lane.starting is not None
-        while lane.starting[0] is not job:
-            if lane.turn is None:
-                lane.turn = anyio.Event()
-            await lane.turn.wait()
+        extras = job._lane.extras
+        assert extras.starting is not None
+        while extras.starting[0] is not job:
+            if extras.turn is None:
+                extras.turn = anyio.Event()
+            await extras.turn.wait()
         self._pass_turn(job)
 
     def _pass_turn(self, job: Job[Any]) -> None:
         job._ordered = False
-        lane = job._lane
-        assert lane.starting is not None
-        lane.starting.remove(job)
-        if lane.turn is not None:
-            lane.turn.set()
-            lane.turn = None
+        extras = job._lane.extras
+        assert extras.starting is not None
+        extras.starting.remove(job)
+        if extras.turn is not None:
+            extras.turn.set()
+            extras.turn = None
 
     def _cancel_queued(self, job: Job[Any]) -> None:
         lane = job._lane
@@ -753,11 +733,12 @@ class KeyedLanes(Generic[K]):
     ) -> None:
         """Settle *job* and take back the permits lent to its lane on its behalf."""
         job._settle(status, value, exc)
-        if job._credits:
-            for credit in job._credits:
+        extras = job._extras
+        if extras is not None and extras.credits:
+            for credit in extras.credits:
                 self._end_credit(credit)
 
-    def _lane_idle(self, lane: _Lane[K]) -> None:
+    def _lane_idle(self, lane: Lane) -> None:
         if lane.head is not None:
             self._clear_queue(lane)  # cancelled jobs left behind
         if lane.idle_event is not None:
@@ -766,8 +747,7 @@ class KeyedLanes(Generic[K]):
         if not lane.live:
             return
         if not self._idle_timeout or self._shutdown:
-            lane.live = False
-            del self._lanes[lane.key]
+            self._drop(lane)
             return
         now = anyio.current_time()
         lane.idle_at = now
@@ -776,10 +756,9 @@ class KeyedLanes(Generic[K]):
             self._reaper_scope = anyio.CancelScope()
             self._spawn(self._reap, self._reaper_scope)
 
-    def _drop(self, lane: _Lane[K]) -> None:
-        lane.live = False
-        lane.idle_at = None
-        del self._lanes[lane.key]
+    def _drop(self, lane: Lane) -> None:
+        lane.close_lane()
+        del self._lanes[lane.key]  # type: ignore[arg-type]  # the key of a lane is a K
 
     def _wake_idle(self) -> None:
         event = self._idle_event
@@ -799,7 +778,8 @@ class KeyedLanes(Generic[K]):
         chain = job._chain
         extra = tuple(link for link in waiter._chain if link not in chain)
         if extra:
-            job._links = extra if job._links is None else job._links + extra
+            more = job._more
+            more.links = extra if more.links is None else more.links + extra
         token = waiter._token
         if (
             waiter._owner is not self
@@ -810,9 +790,10 @@ class KeyedLanes(Generic[K]):
         ):
             return None
         credit = Credit(token, job._lane)
-        if job._credits is None:
-            job._credits = []
-        job._credits.append(credit)
+        more = job._more
+        if more.credits is None:
+            more.credits = []
+        more.credits.append(credit)
         self._offer_credit(credit)
         self._kick()
         return credit
@@ -835,29 +816,28 @@ class KeyedLanes(Generic[K]):
             if current._status is _QUEUED:
                 lane = current._lane
                 if lane.running >= self._per_key:
-                    if lane.active is not None:
-                        stack.extend(lane.active)
+                    if self._per_key > 1:
+                        stack.extend(lane.extras.active)
                     elif lane.current is not None:
                         stack.append(lane.current)
-            elif current._awaiting is not None:
-                stack.append(current._awaiting)
+            elif current._extras is not None and current._extras.awaiting is not None:
+                stack.append(current._extras.awaiting)
         return False
 
     def _offer_credit(self, credit: Credit) -> None:
         lane = credit.lane
-        if lane.lent is None:
-            lane.lent = []
-        lane.lent.append(credit)
-        if not lane.in_lent_ready:
-            lane.in_lent_ready = True
+        extras = lane.extras
+        extras.lent.append(credit)
+        if not extras.in_lent_ready:
+            extras.in_lent_ready = True
             self._lent_ready.append(lane)
 
     def _end_credit(self, credit: Credit) -> None:
         if credit.active:
             credit.active = False
-            lent = credit.lane.lent
-            if lent is not None and credit in lent:  # else a running job uses it
-                lent.remove(credit)
+            extras = credit.lane.lane_extras
+            if extras is not None and credit in extras.lent:  # else a running job uses it
+                extras.lent.remove(credit)
 
     # -- workers ---------------------------------------------------------------------
 

@@ -7,12 +7,12 @@ jobs queued before it) can run even when every permit is held by a waiting job.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 
 if TYPE_CHECKING:
-    from ._lanes import _Lane
+    from ._lane import Lane
 
 
 class Token:
@@ -33,7 +33,7 @@ class Credit:
 
     __slots__ = ("active", "lane", "token")
 
-    def __init__(self, token: Token, lane: _Lane[Any]) -> None:
+    def __init__(self, token: Token, lane: Lane) -> None:
         self.token = token
         self.lane = lane
         self.active = True
