@@ -314,11 +314,8 @@ class Job(Lane, Generic[T]):
         if self._event is not None:
             self._event.set()
 
-    def _call_here(self) -> Awaitable[T]:
-        """Call the job's function in the current context; await the result."""
-        awaitable: Any = self._fn(*self._args)
-        if type(awaitable) is CoroutineType:
-            return cast("Awaitable[T]", awaitable)
+    def _adapt(self, awaitable: object) -> Awaitable[T]:
+        """Await what the job's function returned, if it is not a coroutine."""
         return cast("Awaitable[T]", _drive(None, awaitable, self._fn))
 
     def _call(self) -> Awaitable[T]:

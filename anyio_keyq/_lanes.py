@@ -7,6 +7,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from contextvars import copy_context
 from dataclasses import dataclass
+from types import CoroutineType
 from typing import TYPE_CHECKING, Any, Generic, Protocol, Self, TypeVar, TypeVarTuple, Unpack
 
 import anyio
@@ -870,6 +871,7 @@ class KeyedLanes(Generic[K]):
         # so that nothing it set leaks into the next job.
         home = copy_context()
         dirty = False
+        value: Any
         try:
             while True:
                 if dirty:
@@ -881,6 +883,8 @@ class KeyedLanes(Generic[K]):
                     job = self._next(free)
                     free = None
                     if job is None:
+                        if current_job.get() is not None:
+                            current_job.set(None)  # let go of the last job while parked
                         job = await self._park()
                         if job is None:
                             return
@@ -898,12 +902,19 @@ class KeyedLanes(Generic[K]):
                                 if job._ordered:
                                     await self._take_turn(job)
                                 if job._ctx == home:
-                                    reset = current_job.set(job)
+                                    # Set, never reset: the next job sets its own (a
+                                    # reset costs as much as a set), and a parked
+                                    # worker lets go of it.
+                                    current_job.set(job)
+                                    expected = copy_context()
                                     try:
-                                        value = await job._call_here()
+                                        awaitable: Any = job._fn(*job._args)
+                                        if type(awaitable) is CoroutineType:
+                                            value = await awaitable
+                                        else:
+                                            value = await job._adapt(awaitable)
                                     finally:
-                                        current_job.reset(reset)
-                                        dirty = copy_context() != home
+                                        dirty = copy_context() != expected
                                 else:
                                     value = await job._call()
                             except BaseException as exc:
@@ -916,9 +927,11 @@ class KeyedLanes(Generic[K]):
                         if dirty:
                             job = None
                             break
+                        # Only a cancel or a deadline calls for a fresh scope.
+                        check = timeout is not None or job is None or job._cancel_requested
                         job = self._next(free)
                         free = None
-                        if job is None or scope.cancel_called:
+                        if job is None or (check and scope.cancel_called):
                             break
                         if timeout is not None:
                             scope.deadline = math.inf
