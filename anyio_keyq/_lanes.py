@@ -910,7 +910,7 @@ class KeyedLanes(Generic[K]):
                                     try:
                                         awaitable: Any = job._fn(*job._args)
                                         if type(awaitable) is CoroutineType:
-                                            value = await awaitable
+                                            value = await awaitable  # pyright: ignore[reportUnknownVariableType]
                                         else:
                                             value = await job._adapt(awaitable)
                                     finally:
