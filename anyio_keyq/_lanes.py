@@ -748,7 +748,8 @@ class KeyedLanes(Generic[K]):
         if not lane.live:
             return
         if not self._idle_timeout or self._shutdown:
-            self._drop(lane)
+            lane.close_lane()
+            del self._lanes[lane.key]  # type: ignore[arg-type]  # the key of a lane is a K
             return
         now = anyio.current_time()
         lane.idle_at = now
