@@ -79,7 +79,8 @@ def _check_limit(limit: object) -> int:
         if tokens == math.inf:
             raise ValueError(
                 f"limit must have a finite number of tokens, got a CapacityLimiter with "
-                f"total_tokens={tokens!r}; the read-ahead bound is computed from it"
+                f"total_tokens={tokens!r}: they set the number of worker tasks and the "
+                f"read-ahead bound"
             )
         return int(tokens)
     return check_positive_int("limit", limit)
@@ -560,8 +561,8 @@ class _KeyedAmap(_Mapped[R], Generic[T, R]):
             room.set()
 
     def _on_fail(self) -> None:
-        if self._pump_scope is not None:
-            self._pump_scope.cancel()  # the lanes cancel every queued and running call
+        assert self._pump_scope is not None  # failures come from the started work
+        self._pump_scope.cancel()  # the lanes cancel every queued and running call
 
     async def _pump(self) -> None:
         assert self._pump_scope is not None
