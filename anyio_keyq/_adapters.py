@@ -727,7 +727,7 @@ def amap(
     limit: int | anyio.CapacityLimiter,
     ordered: bool = True,
     return_exceptions: bool = False,
-) -> AbstractAsyncContextManager[AsyncIterator[Any]]:
+) -> AbstractAsyncContextManager[AsyncIterator[R | Exception]]:
     """Call ``fn`` on every item of *source*, at most *limit* calls at once.
 
     .. code-block:: python
@@ -765,8 +765,9 @@ def amap(
         tasks and the read-ahead bound)
     :param ordered: yield the results in source order (else as they finish)
     :param return_exceptions: yield exceptions raised by ``fn`` instead of raising them
-    :return: an async context manager whose value is the async iterator of results;
-        iterate it inside the block, from one task at a time
+    :return: an async context manager whose value is the async iterator of results
+        (of type ``R``, or ``R | Exception`` with ``return_exceptions=True``); iterate
+        it inside the block, from one task at a time
     :raises TypeError: at the call, if *fn* is not callable or *source* not iterable
     :raises ValueError: at the call, if *limit* is below 1
     """
@@ -808,7 +809,7 @@ def keyed_amap(
     per_key: int = 1,
     ordered: bool = False,
     return_exceptions: bool = False,
-) -> AbstractAsyncContextManager[AsyncIterator[Any]]:
+) -> AbstractAsyncContextManager[AsyncIterator[R | Exception]]:
     """Call ``fn`` on every item of *source*, one at a time and in order per key.
 
     .. code-block:: python
@@ -837,6 +838,7 @@ def keyed_amap(
     :param ordered: yield the results in source order (else as they finish)
     :param return_exceptions: yield exceptions raised by ``fn`` instead of raising them
     :return: an async context manager whose value is the async iterator of results
+        (of type ``R``, or ``R | Exception`` with ``return_exceptions=True``)
     :raises TypeError: at the call, if *fn* or *key* is not callable or *source* not
         iterable
     :raises ValueError: at the call, if *limit* or *per_key* is below 1
