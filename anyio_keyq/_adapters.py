@@ -14,6 +14,7 @@ from collections.abc import (
     Iterable,
 )
 from contextlib import AbstractAsyncContextManager
+from contextvars import Context, copy_context
 from typing import TYPE_CHECKING, Any, Generic, Literal, Self, TypeVar, overload
 
 import anyio
@@ -210,6 +211,9 @@ class _Adapter(AsyncIterator[R]):
         if value is _END:
             failure = None if self._done else self._failure
             self._done = True
+            if isinstance(failure, StopAsyncIteration):
+                # raised as it is, it would end the caller's loop as if all went well
+                raise RuntimeError(f"{self._what} got StopAsyncIteration") from failure
             if failure is not None:
                 raise failure
             raise StopAsyncIteration
@@ -383,6 +387,7 @@ class _Amap(_Mapped[R], Generic[T, R]):
 
     __slots__ = (
         "_fn",
+        "_home",
         "_idle",
         "_limiter",
         "_max_workers",
@@ -409,13 +414,21 @@ class _Amap(_Mapped[R], Generic[T, R]):
         self._reading = False  # the reader role is taken (or promised to a worker)
         self._idle: deque[_Idle] = deque()
         self._scopes: set[anyio.CancelScope] = set()
+        self._home: Context | None = None
 
     def _start(self, tg: TaskGroup) -> None:
+        self._home = copy_context()
         self._reading = True
         self._spawn(tg)
 
     def _spawn(self, tg: TaskGroup) -> None:
         self._workers += 1
+        # Every worker starts in the context of the 'async with', not in that of the
+        # worker that happens to spawn it, which its calls may have changed.
+        assert self._home is not None
+        self._home.copy().run(self._start_worker, tg)
+
+    def _start_worker(self, tg: TaskGroup) -> None:
         tg.start_soon(self._worker, name=f"anyio_keyq amap worker {describe(self._fn)}")
 
     def _can_read(self) -> bool:

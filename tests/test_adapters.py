@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from collections import defaultdict
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -270,6 +271,20 @@ class TestAmap:
             assert len(task_ids()) - before <= 3
             assert [value async for value in results] == [1, 2]
 
+    @pytest.mark.parametrize("kind", ["amap", "keyed_amap"])
+    async def test_calls_see_the_context_of_the_async_with(self, kind: str) -> None:
+        request = ContextVar("request", default="none")
+
+        async def fn(item: int) -> str:
+            await checkpoint()
+            return request.get()
+
+        request.set("entry")
+        async with open_adapter(kind, fn, range(20), limit=4) as results:
+            request.set("body")  # set after entering: no call sees it
+            seen = {value async for value in results}
+        assert seen == {"entry"}
+
     async def test_a_plain_function_returning_no_awaitable_fails_the_iteration(self) -> None:
         def not_async(item: int) -> int:
             return item
@@ -453,6 +468,30 @@ class TestFailures:
                 async for value in results:
                     got.append(value)
         assert got in ([], [0], [0, 1], [1], [[0, 1]])
+
+    @pytest.mark.parametrize("kind", ["amap", "keyed_amap"])
+    async def test_stop_async_iteration_from_fn_does_not_end_the_loop_quietly(
+        self, kind: str
+    ) -> None:
+        async def fn(item: int) -> int:
+            await checkpoint()
+            raise StopAsyncIteration
+
+        with pytest.raises(RuntimeError, match=r"got StopAsyncIteration$") as caught:
+            async with open_adapter(kind, fn, range(3)) as results:
+                async for _ in results:
+                    pass  # pragma: no cover
+        assert type(caught.value.__cause__) is StopAsyncIteration
+
+    async def test_failing_sync_source_is_raised_bare(self) -> None:
+        def broken() -> Iterator[int]:
+            yield 0
+            raise OSError("bad sector")
+
+        with pytest.raises(OSError, match="^bad sector$"):
+            async with amap(instant, broken(), limit=2) as results:
+                async for _ in results:
+                    pass
 
     @pytest.mark.parametrize("kind", ["amap", "amap-unordered", "keyed_amap"])
     async def test_return_exceptions_yields_them_as_values(self, kind: str) -> None:
