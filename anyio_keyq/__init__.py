@@ -1,5 +1,8 @@
 """Structured concurrency per key for anyio and trio."""
 
+from ._adapters import amap as amap
+from ._adapters import batched as batched
+from ._adapters import keyed_amap as keyed_amap
 from ._exceptions import JobCancelled as JobCancelled
 from ._exceptions import LaneDeadlock as LaneDeadlock
 from ._exceptions import LaneFull as LaneFull
@@ -21,6 +24,9 @@ __all__ = (
     "LanesClosed",
     "LanesStatistics",
     "TaskSpawner",
+    "amap",
+    "batched",
+    "keyed_amap",
 )
 
 _fixup_module_metadata(__name__, globals())

@@ -94,8 +94,8 @@ intersphinx_mapping = {
 nitpick_ignore = [
     (role, f"{prefix}{name}")
     for role in ("py:class", "py:obj")
-    for prefix in ("", "anyio_keyq._lanes.", "anyio_keyq._job.")
-    for name in ("K", "T", "PosArgsT")
+    for prefix in ("", "anyio_keyq._lanes.", "anyio_keyq._job.", "anyio_keyq._adapters.")
+    for name in ("K", "T", "R", "PosArgsT")
 ]
 # References into a project whose inventory is missing cannot be checked: accept them,
 # and only them, rather than fail the build.
