@@ -1,12 +1,12 @@
 """Structured concurrency per key for anyio and trio."""
 
-from ._adapters import amap as amap
-from ._adapters import batched as batched
-from ._adapters import keyed_amap as keyed_amap
 from ._exceptions import JobCancelled as JobCancelled
 from ._exceptions import LaneDeadlock as LaneDeadlock
 from ._exceptions import LaneFull as LaneFull
 from ._exceptions import LanesClosed as LanesClosed
+from ._iterators import amap as amap
+from ._iterators import batched as batched
+from ._iterators import keyed_amap as keyed_amap
 from ._job import Job as Job
 from ._job import JobStatus as JobStatus
 from ._lanes import KeyedLanes as KeyedLanes

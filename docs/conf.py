@@ -94,7 +94,7 @@ intersphinx_mapping = {
 nitpick_ignore = [
     (role, f"{prefix}{name}")
     for role in ("py:class", "py:obj")
-    for prefix in ("", "anyio_keyq._lanes.", "anyio_keyq._job.", "anyio_keyq._adapters.")
+    for prefix in ("", "anyio_keyq._lanes.", "anyio_keyq._job.", "anyio_keyq._iterators.")
     for name in ("K", "T", "R", "PosArgsT")
 ]
 # References into a project whose inventory is missing cannot be checked: accept them,
