@@ -229,7 +229,7 @@ class ConcurrencyScope:
         assert not self._queue
         assert not self._running
         errors = self._errors
-        if self._timed_out():
+        if escaped is None and self._timed_out():  # an outer cancellation wins
             errors.insert(0, TimeoutError(self._timeout_message()))
         if errors == [body_error]:
             return False  # the body's own exception, propagated as it is
@@ -242,8 +242,12 @@ class ConcurrencyScope:
     def _timed_out(self) -> bool:
         cs = self._cs
         assert cs is not None
-        # Nobody else can cancel the task group's scope: if we did not, the deadline did.
-        return self._cancel_reason is None and cs.cancelled_caught
+        # Not cancelled_caught: on trio nothing is caught when the body had finished and
+        # the children swallowed their cancellation. The time test leaves out the task
+        # group cancelling its own scope, as it does when its host is cancelled.
+        return (
+            self._cancel_reason is None and cs.cancel_called and anyio.current_time() >= cs.deadline
+        )
 
     def _timeout_message(self) -> str:
         if self._timeout is not None and self._deadline is None:
