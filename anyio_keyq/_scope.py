@@ -204,7 +204,10 @@ class ConcurrencyScope:
         exc_type: type[BaseException] | None,
         exc_val: BaseException | None,
         exc_tb: TracebackType | None,
-    ) -> bool:
+    ) -> bool | None:
+        # Not plain bool, which tells type checkers that any exception may be swallowed
+        # and names bound in the body may be unbound after it. Only the scope's own
+        # cancellation is, after cancel(): the body then stopped where it was cancelled.
         tg = self._tg
         assert tg is not None
         # A cancellation goes to the task group, which swallows it if it is ours. Any

@@ -29,6 +29,10 @@ async def check() -> None:
         assert_type(scope.cancel_called, bool)
         scope.deadline += 10
         scope.cancel("no longer needed")
+    # Names bound in the block stay bound after it (pyright: no "possibly unbound").
+    async with ConcurrencyScope() as scope:
+        later = scope.spawn(fetch, "ann", 1)
+    assert_type(later.result(), bytes)
     assert_type(
         ConcurrencyScope(limit=anyio.CapacityLimiter(3)).limit, int | anyio.CapacityLimiter | None
     )
