@@ -297,7 +297,8 @@ class ConcurrencyScope:
         context, like a task. With a ``limit`` and no free permit, the handle is
         :attr:`~JobStatus.QUEUED`: the child starts when a permit frees, in spawn
         order. In a cancelled scope, the handle is already cancelled and the child never
-        starts. Children may spawn siblings, also while the block is exiting.
+        starts. Children may spawn siblings, also while the block is exiting. Pass
+        keyword arguments to *fn* with :func:`functools.partial`.
 
         :param name: the child's name, for its handle's ``key``, reprs and the task
             (default: the function's qualified name)
