@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import copy_context
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, Self, TypeVar, TypeVarTuple, Unpack
@@ -174,7 +174,7 @@ class ConcurrencyScope:
         self._completed = 0
         self._failed = 0
         self._cancelled = 0
-        self._peak_running = 0
+        self._peak_running: int = 0
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -314,24 +314,36 @@ class ConcurrencyScope:
         # refuse waits that can never end.
         links = None if caller is None else caller._chain
         job = Job(self, None, name, fn, args, copy_context(), None, links)
-        self._jobs.append(job)
         assert self._cs is not None
         if self._host_gone or self._cs.cancel_called:
             self._settle(job, _CANCELLED)
-            return job
-        permit: _Permit | None = None
+        else:
+            try:
+                self._admit(job)
+            except RuntimeError:
+                # trio closes the nursery as its last child ends, an instant before
+                # the block exits: a spawn from another task can fall in between.
+                raise RuntimeError(self._not_active_message(exited=True)) from None
+        self._jobs.append(job)
+        return job
+
+    def _admit(self, job: Job[Any]) -> None:
+        """Start *job* now, or queue it for a permit."""
         if self._limiter is None and self._total == math.inf:
             self._start(job, None)
         elif not self._queue and (permit := self._try_permit()) is not None:
-            self._start(job, permit)
+            try:
+                self._start(job, permit)
+            except RuntimeError:
+                self._release(permit)
+                raise
         else:
-            self._queue.append(job)
             if self._limiter is not None:
                 self._wait_for_permit()
-        return job
+            self._queue.append(job)
 
-    def _not_active_message(self) -> str:
-        if self._state is _NEW:
+    def _not_active_message(self, *, exited: bool = False) -> str:
+        if self._state is _NEW and not exited:
             return (
                 "this ConcurrencyScope has not been entered: spawn children inside "
                 "'async with ConcurrencyScope() as scope:'"
@@ -342,14 +354,34 @@ class ConcurrencyScope:
         )
 
     def _start(self, job: Job[Any], permit: _Permit | None) -> None:
+        """Mark *job* running and start its task.
+
+        If the task group refuses the task (it is closed), nothing has changed.
+        """
+        # Marked before start_soon(): with an eager task factory the child runs in it.
+        peak = self._peak_running
         job._status = _RUNNING
         self._running += 1
-        if self._running > self._peak_running:
+        if self._running > peak:
             self._peak_running = self._running
         if permit is not None:
             self._held[job] = permit
+        try:
+            self._start_task(self._run_child(job, permit), str(job.key))
+        except RuntimeError:
+            job._status = _QUEUED
+            self._running -= 1
+            self._peak_running = peak
+            self._held.pop(job, None)
+            raise
+
+    def _start_task(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         assert self._tg is not None
-        self._tg.start_soon(self._run_child, job, permit, name=job.key)
+        try:
+            self._tg.create_task(coro, name=name)
+        except RuntimeError:
+            coro.close()  # refused by a closed task group: silence "never awaited"
+            raise
 
     async def _run_child(self, job: Job[Any], permit: _Permit | None) -> None:
         cancelled_class = anyio.get_cancelled_exc_class()
@@ -453,9 +485,9 @@ class ConcurrencyScope:
     def _wait_for_permit(self) -> None:
         """Have one task wait on the shared limiter for the queued children."""
         if self._feeder is None:
-            self._feeder = anyio.CancelScope()
-            assert self._tg is not None
-            self._tg.start_soon(self._feed, self._feeder, name="anyio_keyq scope feeder")
+            scope = anyio.CancelScope()
+            self._start_task(self._feed(scope), "anyio_keyq scope feeder")
+            self._feeder = scope
 
     async def _feed(self, scope: anyio.CancelScope) -> None:
         limiter = self._limiter

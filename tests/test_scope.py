@@ -1042,6 +1042,52 @@ class TestMisuse:
             scope.spawn(echo, 1)
         assert scope.statistics().spawned == 0
 
+    @pytest.mark.parametrize("anyio_backend", ["trio"])
+    @pytest.mark.parametrize("limit", ["none", "int", "free limiter", "taken limiter"])
+    async def test_spawn_as_trio_closes_the_nursery_is_refused_cleanly(self, limit: str) -> None:
+        # trio closes a nursery as its last child ends, an instant before the block
+        # exits. A trio instrument runs right then, as another task might.
+        import trio
+
+        limiter = anyio.CapacityLimiter(1)
+        options: dict[str, int | anyio.CapacityLimiter | None] = {
+            "none": None,
+            "int": 1,
+            "free limiter": limiter,
+            "taken limiter": limiter,
+        }
+        scope = ConcurrencyScope(limit=options[limit])
+        outcome: list[str] = []
+
+        class SpawnAsTheLastChildEnds(trio.abc.Instrument):
+            def task_exited(self, task: trio.lowlevel.Task) -> None:
+                if task.name == "last child":
+                    try:
+                        scope.spawn(echo, "too late")
+                    except RuntimeError as exc:
+                        outcome.append(str(exc))
+
+        async def outsider() -> None:
+            async with limiter:  # takes the token as the child gives it back
+                pass
+
+        hook = SpawnAsTheLastChildEnds()
+        trio.lowlevel.add_instrument(hook)
+        try:
+            async with anyio.create_task_group() as tg:
+                async with scope:
+                    scope.spawn(echo, 0, name="last child")
+                    if limit == "taken limiter":
+                        tg.start_soon(outsider)
+        finally:
+            trio.lowlevel.remove_instrument(hook)
+        assert len(outcome) == 1
+        assert outcome[0].startswith("this ConcurrencyScope has exited")
+        stats = scope.statistics()
+        assert (stats.spawned, stats.completed, stats.running, stats.queued) == (1, 1, 0, 0)
+        assert limiter.borrowed_tokens == 0
+        assert limiter.statistics().tasks_waiting == 0
+
     async def test_entering_twice(self) -> None:
         scope = ConcurrencyScope()
         async with scope:
