@@ -231,7 +231,7 @@ class ConcurrencyScope:
             self._tg = None
         assert not self._queue
         assert not self._running
-        errors = self._errors
+        errors, self._errors = self._errors, []  # the scope outlives them: let go
         if escaped is None and self._timed_out():  # an outer cancellation wins
             errors.insert(0, TimeoutError(self._timeout_message()))
         if errors == [body_error]:
