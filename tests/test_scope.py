@@ -162,7 +162,7 @@ class TestSpawning:
         names: list[str] = []
 
         async def record() -> None:
-            names.append(anyio.get_current_task().name)
+            names.append(str(anyio.get_current_task().name))
 
         async with ConcurrencyScope() as scope:
             default = scope.spawn(echo, 1)
@@ -1127,10 +1127,10 @@ class TestMisuse:
     async def test_bad_spawns_raise_at_the_call_site(self) -> None:
         async with ConcurrencyScope() as scope:
             with pytest.raises(TypeError, match=r"^fn must be an async function, got 42$"):
-                scope.spawn(42)  # type: ignore[call-overload]
+                scope.spawn(42)  # type: ignore[arg-type]
             coro = echo(1)
             with pytest.raises(TypeError, match=r"pass the function and its arguments"):
-                scope.spawn(coro)  # type: ignore[call-overload]
+                scope.spawn(coro)  # type: ignore[arg-type]
             with pytest.raises(TypeError, match=r"^name must be a str or None, got 3$"):
                 scope.spawn(echo, 1, name=3)  # type: ignore[arg-type]
         assert scope.statistics().spawned == 0
