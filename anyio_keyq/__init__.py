@@ -12,9 +12,12 @@ from ._job import JobStatus as JobStatus
 from ._lanes import KeyedLanes as KeyedLanes
 from ._lanes import LanesStatistics as LanesStatistics
 from ._lanes import TaskSpawner as TaskSpawner
+from ._scope import ConcurrencyScope as ConcurrencyScope
+from ._scope import ScopeStatistics as ScopeStatistics
 from ._util import fixup_module_metadata as _fixup_module_metadata
 
 __all__ = (
+    "ConcurrencyScope",
     "Job",
     "JobCancelled",
     "JobStatus",
@@ -23,6 +26,7 @@ __all__ = (
     "LaneFull",
     "LanesClosed",
     "LanesStatistics",
+    "ScopeStatistics",
     "TaskSpawner",
     "amap",
     "batched",

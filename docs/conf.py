@@ -94,7 +94,13 @@ intersphinx_mapping = {
 nitpick_ignore = [
     (role, f"{prefix}{name}")
     for role in ("py:class", "py:obj")
-    for prefix in ("", "anyio_keyq._lanes.", "anyio_keyq._job.", "anyio_keyq._iterators.")
+    for prefix in (
+        "",
+        "anyio_keyq._lanes.",
+        "anyio_keyq._job.",
+        "anyio_keyq._iterators.",
+        "anyio_keyq._scope.",
+    )
     for name in ("K", "T", "R", "PosArgsT")
 ]
 # References into a project whose inventory is missing cannot be checked: accept them,
@@ -123,7 +129,12 @@ html_static_path: list[str] = []
 # -- Local tweaks -----------------------------------------------------------------------
 
 #: Classes that only the library instantiates: their constructor is not public API.
-_NO_SIGNATURE = {"anyio_keyq.Job", "anyio_keyq.LanesStatistics", "anyio_keyq.TaskSpawner"}
+_NO_SIGNATURE = {
+    "anyio_keyq.Job",
+    "anyio_keyq.LanesStatistics",
+    "anyio_keyq.ScopeStatistics",
+    "anyio_keyq.TaskSpawner",
+}
 
 
 def _hide_private_constructors(

@@ -23,7 +23,11 @@ def test_public_objects_report_the_public_module(name: str) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    [n for n in anyio_keyq.__all__ if n in ("Job", "KeyedLanes", "LanesStatistics")],
+    [
+        n
+        for n in anyio_keyq.__all__
+        if n in ("ConcurrencyScope", "Job", "KeyedLanes", "LanesStatistics", "ScopeStatistics")
+    ],
 )
 def test_concrete_classes_refuse_subclassing(name: str) -> None:
     cls = getattr(anyio_keyq, name)
