@@ -12,6 +12,8 @@ from ._job import JobStatus as JobStatus
 from ._lanes import KeyedLanes as KeyedLanes
 from ._lanes import LanesStatistics as LanesStatistics
 from ._lanes import TaskSpawner as TaskSpawner
+from ._rate import RateLimiter as RateLimiter
+from ._rate import RateLimiterStatistics as RateLimiterStatistics
 from ._util import fixup_module_metadata as _fixup_module_metadata
 
 __all__ = (
@@ -23,6 +25,8 @@ __all__ = (
     "LaneFull",
     "LanesClosed",
     "LanesStatistics",
+    "RateLimiter",
+    "RateLimiterStatistics",
     "TaskSpawner",
     "amap",
     "batched",
