@@ -1,5 +1,7 @@
 """Structured concurrency per key for anyio and trio."""
 
+from ._adaptive import AdaptiveLimiter as AdaptiveLimiter
+from ._adaptive import AdaptiveLimiterStatistics as AdaptiveLimiterStatistics
 from ._exceptions import JobCancelled as JobCancelled
 from ._exceptions import LaneDeadlock as LaneDeadlock
 from ._exceptions import LaneFull as LaneFull
@@ -17,6 +19,8 @@ from ._rate import RateLimiterStatistics as RateLimiterStatistics
 from ._util import fixup_module_metadata as _fixup_module_metadata
 
 __all__ = (
+    "AdaptiveLimiter",
+    "AdaptiveLimiterStatistics",
     "Job",
     "JobCancelled",
     "JobStatus",

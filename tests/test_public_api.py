@@ -22,6 +22,8 @@ def test_public_objects_report_the_public_module(name: str) -> None:
 
 
 FINAL_CLASSES = (
+    "AdaptiveLimiter",
+    "AdaptiveLimiterStatistics",
     "Job",
     "KeyedLanes",
     "LanesStatistics",
