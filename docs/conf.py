@@ -123,7 +123,13 @@ html_static_path: list[str] = []
 # -- Local tweaks -----------------------------------------------------------------------
 
 #: Classes that only the library instantiates: their constructor is not public API.
-_NO_SIGNATURE = {"anyio_keyq.Job", "anyio_keyq.LanesStatistics", "anyio_keyq.TaskSpawner"}
+_NO_SIGNATURE = {
+    "anyio_keyq.AdaptiveLimiterStatistics",
+    "anyio_keyq.Job",
+    "anyio_keyq.LanesStatistics",
+    "anyio_keyq.RateLimiterStatistics",
+    "anyio_keyq.TaskSpawner",
+}
 
 
 def _hide_private_constructors(
