@@ -132,8 +132,8 @@ class RateLimiter:
     delayed by it.
 
     :param rate: how many operations may start every *per* seconds (a finite number
-        > 0; it need not be whole: ``RateLimiter(1, per=3)`` and
-        ``RateLimiter(1 / 3)`` are the same)
+        > 0; it need not be whole: ``RateLimiter(0.5)`` lets one start every two
+        seconds)
     :param per: the period of *rate*, in seconds (a finite number > 0)
     :param burst: the size of the bucket: the most operations that may start at once
         (an int >= 1; default: *rate* rounded down, at least 1)
