@@ -1,5 +1,7 @@
 """Structured concurrency per key for anyio and trio."""
 
+from ._adaptive import AdaptiveLimiter as AdaptiveLimiter
+from ._adaptive import AdaptiveLimiterStatistics as AdaptiveLimiterStatistics
 from ._exceptions import JobCancelled as JobCancelled
 from ._exceptions import LaneDeadlock as LaneDeadlock
 from ._exceptions import LaneFull as LaneFull
@@ -12,11 +14,15 @@ from ._job import JobStatus as JobStatus
 from ._lanes import KeyedLanes as KeyedLanes
 from ._lanes import LanesStatistics as LanesStatistics
 from ._lanes import TaskSpawner as TaskSpawner
+from ._rate import RateLimiter as RateLimiter
+from ._rate import RateLimiterStatistics as RateLimiterStatistics
 from ._scope import ConcurrencyScope as ConcurrencyScope
 from ._scope import ScopeStatistics as ScopeStatistics
 from ._util import fixup_module_metadata as _fixup_module_metadata
 
 __all__ = (
+    "AdaptiveLimiter",
+    "AdaptiveLimiterStatistics",
     "ConcurrencyScope",
     "Job",
     "JobCancelled",
@@ -26,6 +32,8 @@ __all__ = (
     "LaneFull",
     "LanesClosed",
     "LanesStatistics",
+    "RateLimiter",
+    "RateLimiterStatistics",
     "ScopeStatistics",
     "TaskSpawner",
     "amap",

@@ -130,8 +130,10 @@ html_static_path: list[str] = []
 
 #: Classes that only the library instantiates: their constructor is not public API.
 _NO_SIGNATURE = {
+    "anyio_keyq.AdaptiveLimiterStatistics",
     "anyio_keyq.Job",
     "anyio_keyq.LanesStatistics",
+    "anyio_keyq.RateLimiterStatistics",
     "anyio_keyq.ScopeStatistics",
     "anyio_keyq.TaskSpawner",
 }

@@ -21,15 +21,22 @@ def test_public_objects_report_the_public_module(name: str) -> None:
     assert obj.__doc__
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        n
-        for n in anyio_keyq.__all__
-        if n in ("ConcurrencyScope", "Job", "KeyedLanes", "LanesStatistics", "ScopeStatistics")
-    ],
+FINAL_CLASSES = (
+    "AdaptiveLimiter",
+    "AdaptiveLimiterStatistics",
+    "ConcurrencyScope",
+    "Job",
+    "KeyedLanes",
+    "LanesStatistics",
+    "RateLimiter",
+    "RateLimiterStatistics",
+    "ScopeStatistics",
 )
+
+
+@pytest.mark.parametrize("name", FINAL_CLASSES)
 def test_concrete_classes_refuse_subclassing(name: str) -> None:
+    assert name in anyio_keyq.__all__
     cls = getattr(anyio_keyq, name)
     assert inspect.isclass(cls)
     with pytest.raises(TypeError, match="does not support subclassing"):
