@@ -2,20 +2,41 @@
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Hashable
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable
 from contextvars import copy_context
 from dataclasses import dataclass
 from types import CoroutineType
-from typing import TYPE_CHECKING, Any, Generic, Protocol, Self, TypeVar, TypeVarTuple, Unpack
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Generic,
+    Literal,
+    Protocol,
+    Self,
+    TypeVar,
+    TypeVarTuple,
+    Unpack,
+)
 
 import anyio
 from anyio.lowlevel import cancel_shielded_checkpoint, checkpoint, checkpoint_if_cancelled
 
 from ._exceptions import LaneDeadlock, LaneFull, LanesClosed
 from ._job import Job, JobStatus, _JobExtras, current_job
-from ._permits import CountedPermits, Credit, LimiterPermits, Permits, Token
+from ._limiters import Limiter
+from ._permits import (
+    CountedPermits,
+    Credit,
+    LimiterPermits,
+    Permits,
+    ProtocolPermits,
+    Token,
+    priority_of,
+)
 from ._util import check_bound, check_callable, check_positive_int, check_seconds, final
 
 if TYPE_CHECKING:
@@ -87,6 +108,34 @@ class LanesStatistics:
     limit: float
 
 
+class _PriorityReady:
+    """The lanes ready to start a job, by the priority of that job, then first come.
+
+    It stands in for the plain deque of ready lanes once a job has a priority.
+    """
+
+    __slots__ = ("_heap", "_order")
+
+    def __init__(self, lanes: Iterable[Lane]) -> None:
+        self._heap: list[tuple[float, int, Lane]] = []
+        self._order = itertools.count()
+        for lane in lanes:
+            self.append(lane)
+
+    def append(self, lane: Lane) -> None:
+        assert lane.head is not None
+        heapq.heappush(self._heap, (priority_of(lane.head), next(self._order), lane))
+
+    def popleft(self) -> Lane:
+        return heapq.heappop(self._heap)[2]
+
+    def __getitem__(self, index: Literal[0]) -> Lane:
+        return self._heap[0][2]
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+
 class _RoomWaiter:
     __slots__ = ("accepted", "closed", "event", "job")
 
@@ -136,7 +185,8 @@ class KeyedLanes(Generic[K]):
     as cancelled.
 
     :param limit: the global cap on running jobs: an int >= 1, a shared
-        :class:`anyio.CapacityLimiter`, or ``None`` for no cap
+        :class:`anyio.CapacityLimiter` or :class:`Limiter` (such as a
+        :class:`WeightedLimiter`), or ``None`` for no cap
     :param per_key: how many jobs of one key may run at once (1: one at a time)
     :param max_pending: per-key bound on accepted jobs not yet started; further
         submissions wait for room (``submit_nowait`` raises :exc:`LaneFull`)
@@ -179,13 +229,14 @@ class KeyedLanes(Generic[K]):
         "_timed_out",
         "_timeout",
         "_token_waiter_scope",
+        "_weighted",
         "_workers",
     )
 
     def __init__(
         self,
         *,
-        limit: int | anyio.CapacityLimiter | None = 100,
+        limit: int | anyio.CapacityLimiter | Limiter | None = 100,
         per_key: int = 1,
         max_pending: float = math.inf,
         idle_timeout: float = 0.0,
@@ -198,6 +249,9 @@ class KeyedLanes(Generic[K]):
             self._max_parked = _MAX_PARKED_UNLIMITED
         elif isinstance(limit, anyio.CapacityLimiter):
             self._permits = LimiterPermits(limit)
+            self._max_parked = _MAX_PARKED_UNLIMITED
+        elif isinstance(limit, Limiter):
+            self._permits = ProtocolPermits(limit)
             self._max_parked = _MAX_PARKED_UNLIMITED
         else:
             total = check_positive_int("limit", limit)
@@ -222,7 +276,7 @@ class KeyedLanes(Generic[K]):
         self._closed_reason = "the lanes are closed and accept no new jobs"
         self._shutdown = False
         self._lanes: dict[K, Lane] = {}
-        self._ready: deque[Lane] = deque()
+        self._ready: deque[Lane] | _PriorityReady = deque()
         self._lent_ready: deque[Lane] = deque()
         self._parked: list[_Parked] = []
         self._workers = 0
@@ -239,6 +293,7 @@ class KeyedLanes(Generic[K]):
         self._timed_out = 0
         self._cancelled = 0
         self._peak_running = 0
+        self._weighted = False  # some job weighs more than 1
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -351,6 +406,8 @@ class KeyedLanes(Generic[K]):
         fn: Callable[[Unpack[PosArgsT]], Awaitable[T]],
         *args: *PosArgsT,
         timeout: float | None = None,
+        weight: int = 1,
+        priority: float = 0,
     ) -> T:
         """Run ``fn(*args)`` in the lane of *key* and return its result.
 
@@ -361,13 +418,16 @@ class KeyedLanes(Generic[K]):
 
         :param timeout: the job's time limit in seconds (default: the lanes'
             ``timeout``; ``math.inf`` for none)
+        :param weight: how many units of the global limit the job takes while it runs
+        :param priority: the job's claim on the next free permit, lower first: it
+            orders the lanes waiting for a permit, never the jobs of one key
         :raises LanesClosed: if the lanes are closed
         :raises LaneDeadlock: if called from a job that the lane of *key* must wait for
         :raises TimeoutError: if the job ran past its time limit
         :raises JobCancelled: if the job was cancelled by someone else
         """
         await checkpoint_if_cancelled()
-        job = await self._accept(key, fn, args, timeout, "awaiting run()")
+        job = await self._accept(key, fn, args, timeout, weight, priority, "awaiting run()")
         try:
             await job.wait()
         except BaseException:
@@ -384,6 +444,8 @@ class KeyedLanes(Generic[K]):
         fn: Callable[[Unpack[PosArgsT]], Awaitable[T]],
         *args: *PosArgsT,
         timeout: float | None = None,
+        weight: int = 1,
+        priority: float = 0,
     ) -> Job[T]:
         """Queue ``fn(*args)`` in the lane of *key* and return its :class:`Job` handle.
 
@@ -392,11 +454,14 @@ class KeyedLanes(Generic[K]):
 
         :param timeout: the job's time limit in seconds (default: the lanes'
             ``timeout``; ``math.inf`` for none)
+        :param weight: how many units of the global limit the job takes while it runs
+        :param priority: the job's claim on the next free permit, lower first: it
+            orders the lanes waiting for a permit, never the jobs of one key
         :raises LanesClosed: if the lanes are closed (also while waiting for room)
         :raises LaneDeadlock: if called from a job that the lane of *key* must wait for
         """
         await checkpoint_if_cancelled()
-        job = await self._accept(key, fn, args, timeout, "awaiting submit()")
+        job = await self._accept(key, fn, args, timeout, weight, priority, "awaiting submit()")
         await cancel_shielded_checkpoint()
         return job
 
@@ -406,17 +471,20 @@ class KeyedLanes(Generic[K]):
         fn: Callable[[Unpack[PosArgsT]], Awaitable[T]],
         *args: *PosArgsT,
         timeout: float | None = None,
+        weight: int = 1,
+        priority: float = 0,
     ) -> Job[T]:
         """Queue ``fn(*args)`` in the lane of *key* at once and return its handle.
 
         Never blocks. Allowed from inside a job of the same key, as long as that job
-        does not await the handle before it has finished.
+        does not await the handle before it has finished. The options are those of
+        :meth:`submit`.
 
         :raises LaneFull: if the lane has ``max_pending`` queued jobs or other callers
             are waiting for room
         :raises LanesClosed: if the lanes are closed
         """
-        job = self._new_job(key, fn, args, timeout, None)
+        job = self._new_job(key, fn, args, timeout, weight, priority, None)
         lane = job._lane
         if lane.queued >= self._max_pending or lane.room:
             self._forget_if_idle(lane)
@@ -431,9 +499,11 @@ class KeyedLanes(Generic[K]):
         fn: Callable[..., Awaitable[T]],
         args: tuple[Any, ...],
         timeout: float | None,
+        weight: int,
+        priority: float,
         what: str,
     ) -> Job[T]:
-        job = self._new_job(key, fn, args, timeout, what)
+        job = self._new_job(key, fn, args, timeout, weight, priority, what)
         lane = job._lane
         if lane.queued < self._max_pending and not lane.room:
             if self._enqueue(lane, job):
@@ -448,6 +518,8 @@ class KeyedLanes(Generic[K]):
         fn: Callable[..., Awaitable[T]],
         args: tuple[Any, ...],
         timeout: float | None,
+        weight: int,
+        priority: float,
         what: str | None,
     ) -> Job[T]:
         if self._closed:
@@ -463,6 +535,8 @@ class KeyedLanes(Generic[K]):
             timeout = self._timeout
         else:
             timeout = _job_timeout("timeout", timeout)
+        if weight != 1 or priority:
+            self._check_weight(weight, priority)
         links: tuple[tuple[object, Hashable], ...] | None = None
         if what is not None:
             caller = current_job.get()
@@ -481,10 +555,40 @@ class KeyedLanes(Generic[K]):
         if ctx == self._home:
             ctx = self._home  # one shared context instead of a copy per queued job
         job = Job(self, lane, key, fn, args, ctx, timeout, links)
+        if weight != 1 or priority:
+            self._weigh(job, weight, priority)
         if lane is None:  # the job opens the lane of its key: see Lane
             job._lane = self._lanes[key] = job
             job.open_lane()
         return job
+
+    def _check_weight(self, weight: object, priority: object) -> None:
+        weight = check_positive_int("weight", weight)
+        permits = self._permits
+        if weight > 1 and not permits.weighted:
+            raise ValueError(
+                f"weight must be 1 with a CapacityLimiter as the limit, got {weight!r}: "
+                f"use a WeightedLimiter or an int limit for weighted jobs"
+            )
+        if weight > permits.total:
+            raise ValueError(
+                f"weight must be at most the limit of {permits.total!r}, got {weight!r}: "
+                f"such a job could never start"
+            )
+        if not isinstance(priority, int | float) or isinstance(priority, bool):
+            raise TypeError(f"priority must be a number (lower runs first), got {priority!r}")
+        if math.isnan(priority):
+            raise ValueError(f"priority must be a number (lower runs first), got {priority!r}")
+
+    def _weigh(self, job: Job[Any], weight: int, priority: float) -> None:
+        more = job._more
+        more.weight = weight
+        more.priority = priority
+        if weight != 1:
+            self._weighted = True
+        if priority and type(self._ready) is deque:
+            # From the first prioritised job on, ready lanes wait in priority order.
+            self._ready = _PriorityReady(self._ready)
 
     def _forget_if_idle(self, lane: Lane) -> None:
         if not lane.queued and not lane.running and lane.idle_at is None:
@@ -552,13 +656,9 @@ class KeyedLanes(Generic[K]):
 
     def _start(self, lane: Lane, token: Token, credit: Credit | None) -> Job[Any]:
         """Take the next queued job of *lane* and mark it running on *token*."""
+        job = self._first_queued(lane)
         queue = lane.queue
-        while True:
-            job = lane.head
-            assert job is not None
-            lane.head = queue.popleft() if queue else None
-            if job._status is _QUEUED:
-                break
+        lane.head = queue.popleft() if queue else None
         job._status = _RUNNING
         job._token = token
         if credit is not None:
@@ -575,6 +675,15 @@ class KeyedLanes(Generic[K]):
             self._start_one_of_many(lane, job)
         if lane.room:
             self._admit(lane)
+        return job
+
+    def _first_queued(self, lane: Lane) -> Job[Any]:
+        """The next job of *lane* to start, past the cancelled jobs left in its queue."""
+        job = lane.head
+        assert job is not None
+        while job._status is not _QUEUED:
+            assert lane.queue
+            job = lane.head = lane.queue.popleft()
         return job
 
     def _start_one_of_many(self, lane: Lane, job: Job[Any]) -> None:
@@ -608,17 +717,21 @@ class KeyedLanes(Generic[K]):
                 ready.popleft()
                 lane.in_ready = False
                 continue
-            if token is not None and not (fresh or permits.reuse):
-                permits.release(token)
-                token = None
+            job = self._first_queued(lane)
+            if token is not None:
+                extras = job._extras
+                weight = 1 if extras is None else extras.weight
+                if (fresh or permits.reuse) and token.weight == weight:
+                    token.holders = 1
+                else:
+                    permits.release(token)
+                    token = None
             if token is None:
-                token = permits.try_acquire()
+                token = permits.try_acquire(job)
                 if token is None:
                     if permits.shared:
-                        self._wait_for_token()
+                        self._wait_for_token(job)
                     return None
-            else:
-                token.holders = 1
             ready.popleft()
             lane.in_ready = False
             return self._start(lane, token, None)
@@ -680,6 +793,7 @@ class KeyedLanes(Generic[K]):
         token = job._token
         assert token is not None
         token.holders -= 1
+        token.failed = status is _FAILED  # for a limit that adapts to outcomes
         extras = job._extras
         if extras is not None:
             self._end_credits(extras)
@@ -883,6 +997,8 @@ class KeyedLanes(Generic[K]):
                 if job is None:
                     job = self._next(free)
                     free = None
+                    if self._weighted:
+                        self._kick()
                     if job is None:
                         if current_job.get() is not None:
                             current_job.set(None)  # let go of the last job while parked
@@ -932,6 +1048,8 @@ class KeyedLanes(Generic[K]):
                         check = timeout is not None or job is None or job._cancel_requested
                         job = self._next(free)
                         free = None
+                        if self._weighted:  # a heavy job's permit may fit more than one
+                            self._kick()
                         if job is None or (check and scope.cancel_called):
                             break
                         if timeout is not None:
@@ -977,18 +1095,20 @@ class KeyedLanes(Generic[K]):
             raise
         return parked.job
 
-    def _wait_for_token(self) -> None:
-        """Have one task wait on the shared limiter for a permit for the ready lanes."""
+    def _wait_for_token(self, job: Job[Any]) -> None:
+        """Have one task wait on the shared limiter for a permit for the ready lanes.
+
+        It asks with the weight and priority of *job*, the next job to start.
+        """
         if self._token_waiter_scope is None and not self._shutdown:
             self._token_waiter_scope = anyio.CancelScope()
-            self._spawn(self._token_waiter, self._token_waiter_scope)
+            self._spawn(self._token_waiter, self._token_waiter_scope, job)
 
-    async def _token_waiter(self, scope: anyio.CancelScope) -> None:
-        assert isinstance(self._permits, LimiterPermits)
+    async def _token_waiter(self, scope: anyio.CancelScope, job: Job[Any]) -> None:
         token = None
         try:
             with scope:
-                token = await self._permits.acquire()
+                token = await self._permits.acquire(job)
         except BaseException:
             self._token_waiter_scope = None
             self._host_gone("the task group hosting the lanes was cancelled")
@@ -996,10 +1116,10 @@ class KeyedLanes(Generic[K]):
         self._token_waiter_scope = None
         if token is None:
             return
-        job = self._next(token, fresh=True)
+        first = self._next(token, fresh=True)
         self._kick()
-        if job is not None:
-            await self._worker(job)
+        if first is not None:
+            await self._worker(first)
 
     async def _reap(self, scope: anyio.CancelScope) -> None:
         """Drop lanes that stayed idle for ``idle_timeout`` seconds."""
@@ -1075,7 +1195,7 @@ class KeyedLanes(Generic[K]):
         return self._closed
 
     @property
-    def limit(self) -> int | anyio.CapacityLimiter | None:
+    def limit(self) -> int | anyio.CapacityLimiter | Limiter | None:
         """The global limit the lanes were created with."""
         return self._limit
 
