@@ -236,3 +236,51 @@ async def test_a_capacity_limiter_takes_no_weights() -> None:
         with pytest.raises(ValueError, match="weight must be 1 with a CapacityLimiter"):
             lanes.submit_nowait("k", nothing, weight=2)
         await lanes.run("k", nothing, priority=1)  # a priority alone is fine
+
+
+async def test_a_scope_borrows_from_a_limiter_and_reports_outcomes() -> None:
+    from anyio_keyq import ConcurrencyScope
+
+    limiter = RecordingLimiter(1)
+    gate = Gate()
+
+    async def fail() -> None:
+        raise ValueError("no")
+
+    async with ConcurrencyScope(limit=limiter, fail_fast=False) as scope:
+        first = scope.spawn(gate.job, "first")
+        second = scope.spawn(gate.job, "second")
+        failing = scope.spawn(fail)
+        await anyio.wait_all_tasks_blocked()
+        assert gate.started == ["first"]
+        assert not second.done()
+        gate.open("first")
+        await anyio.wait_all_tasks_blocked()
+        gate.open("second")
+    assert first.result() == "first"
+    assert isinstance(failing.exception(), ValueError)
+    assert limiter.released.count(True) == 1
+    assert limiter.used == 0
+
+
+async def test_amap_borrows_from_a_limiter_and_reports_outcomes() -> None:
+    from anyio_keyq import amap
+
+    limiter = RecordingLimiter(2)
+    running = [0, 0]
+
+    async def work(item: int) -> int:
+        running[0] += 1
+        running[1] = max(running)
+        await anyio.lowlevel.checkpoint()
+        running[0] -= 1
+        if item == 3:
+            raise ValueError(item)
+        return item * 10
+
+    async with amap(work, range(6), limit=limiter, return_exceptions=True) as results:
+        out = [r async for r in results]
+    assert [r for r in out if isinstance(r, int)] == [0, 10, 20, 40, 50]
+    assert running[1] <= 2
+    assert limiter.released.count(True) == 1
+    assert limiter.used == 0
