@@ -12,6 +12,7 @@ from ._job import JobStatus as JobStatus
 from ._lanes import KeyedLanes as KeyedLanes
 from ._lanes import LanesStatistics as LanesStatistics
 from ._lanes import TaskSpawner as TaskSpawner
+from ._rate import RateLimiter as RateLimiter
 from ._scope import ConcurrencyScope as ConcurrencyScope
 from ._scope import ScopeStatistics as ScopeStatistics
 from ._util import fixup_module_metadata as _fixup_module_metadata
@@ -26,6 +27,7 @@ __all__ = (
     "LaneFull",
     "LanesClosed",
     "LanesStatistics",
+    "RateLimiter",
     "ScopeStatistics",
     "TaskSpawner",
     "amap",

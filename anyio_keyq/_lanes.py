@@ -37,6 +37,7 @@ from ._permits import (
     Token,
     priority_of,
 )
+from ._rate import RateLimiter, _TokenBucket
 from ._util import check_bound, check_callable, check_positive_int, check_seconds, final
 
 if TYPE_CHECKING:
@@ -58,6 +59,10 @@ _CANCELLED = JobStatus.CANCELLED
 _MAX_PARKED_UNLIMITED = 1024
 
 _MISSING: Any = object()
+
+#: A token due within this many seconds counts as there: the loop's clock and a rate's
+#: instants are sums of floats that may differ in the last bits.
+_SLACK = 1e-9
 
 
 class TaskSpawner(Protocol):
@@ -192,6 +197,12 @@ class KeyedLanes(Generic[K]):
         submissions wait for room (``submit_nowait`` raises :exc:`LaneFull`)
     :param idle_timeout: seconds an empty lane lingers before it is dropped
     :param timeout: the default time limit of a job in seconds, counted from its start
+    :param rate: a rate per key: every lane gets a token bucket of its own, with the
+        rate, period and burst of this :class:`RateLimiter` (a pattern: the limiter
+        itself is not used), and a job starts only with a token of its lane. A lane
+        stays until its bucket is full again, so that a key cannot burst by going idle
+    :param global_rate: a rate across all lanes: every job takes a token of this
+        :class:`RateLimiter`, which other code may share
     :param task_group: host the workers in this task group or trio nursery instead of
         using ``async with``; then call :meth:`aclose` to finish
     """
@@ -204,6 +215,8 @@ class KeyedLanes(Generic[K]):
         "_completed",
         "_entered",
         "_failed",
+        "_global_at",
+        "_global_rate",
         "_home",
         "_host",
         "_idle_event",
@@ -214,12 +227,19 @@ class KeyedLanes(Generic[K]):
         "_lingering",
         "_max_parked",
         "_max_pending",
+        "_order",
         "_own_tg",
+        "_paced",
+        "_pacer_scope",
+        "_pacer_sleep",
+        "_pacer_until",
+        "_pacing",
         "_parked",
         "_peak_running",
         "_per_key",
         "_permits",
         "_queued",
+        "_rate",
         "_ready",
         "_reaper_scope",
         "_room_waiting",
@@ -241,6 +261,8 @@ class KeyedLanes(Generic[K]):
         max_pending: float = math.inf,
         idle_timeout: float = 0.0,
         timeout: float | None = None,
+        rate: RateLimiter | None = None,
+        global_rate: RateLimiter | None = None,
         task_group: TaskSpawner | None = None,
     ) -> None:
         self._permits: Permits
@@ -267,6 +289,17 @@ class KeyedLanes(Generic[K]):
                 f"task_group must be an anyio task group or a trio nursery, got {task_group!r}"
             )
         self._host: TaskSpawner | None = task_group
+        _check_rate("rate", rate)
+        _check_rate("global_rate", global_rate)
+        self._rate = rate
+        self._global_rate = global_rate
+        self._pacing = rate is not None or global_rate is not None
+        # Lanes waiting for a token of their own rate: (instant, order, lane).
+        self._paced: list[tuple[float, int, Lane]] = []
+        self._global_at: float | None = None  # when the global rate has a token again
+        self._pacer_scope: anyio.CancelScope | None = None
+        self._pacer_sleep: anyio.CancelScope | None = None
+        self._pacer_until = math.inf
         self._home = copy_context()
         if current_job.get() is not None:  # created by a job: workers are not inside it
             self._home.run(current_job.set, None)
@@ -281,7 +314,9 @@ class KeyedLanes(Generic[K]):
         self._parked: list[_Parked] = []
         self._workers = 0
         self._token_waiter_scope: anyio.CancelScope | None = None
-        self._lingering: deque[tuple[float, Lane]] = deque()
+        # Idle lanes kept for a while: (expiry, idle_at, order, lane), soonest first.
+        self._lingering: list[tuple[float, float, int, Lane]] = []
+        self._order = itertools.count()
         self._reaper_scope: anyio.CancelScope | None = None
         self._idle_event: anyio.Event | None = None
         self._room_waiting = 0
@@ -381,8 +416,11 @@ class KeyedLanes(Generic[K]):
         for scope in (self._token_waiter_scope, self._reaper_scope):
             if scope is not None:
                 scope.cancel()
-        lingering, self._lingering = self._lingering, deque()
-        for _, lane in lingering:
+        for scope in (self._pacer_scope,):
+            if scope is not None:
+                scope.cancel()
+        lingering, self._lingering = self._lingering, []
+        for _, _, _, lane in lingering:
             if lane.live and lane.idle_at is not None:
                 self._drop(lane)
 
@@ -711,11 +749,17 @@ class KeyedLanes(Generic[K]):
         ready = self._ready
         permits = self._permits
         per_key = self._per_key
+        now = anyio.current_time() if self._pacing else 0.0
         while ready:
             lane = ready[0]
             if not lane.queued or lane.running >= per_key:
                 ready.popleft()
                 lane.in_ready = False
+                continue
+            if self._pacing and not self._rates_allow(lane, now):
+                if self._global_at is not None:
+                    break  # no lane may start before the global rate has a token
+                ready.popleft()  # the lane waits for its own token, holding no permit
                 continue
             job = self._first_queued(lane)
             if token is not None:
@@ -732,12 +776,104 @@ class KeyedLanes(Generic[K]):
                     if permits.shared:
                         self._wait_for_token(job)
                     return None
+            if self._pacing and not self._take_tokens(lane, now):
+                permits.release(token)
+                return None
             ready.popleft()
             lane.in_ready = False
             return self._start(lane, token, None)
         if token is not None:
             permits.release(token)
         return None
+
+    # -- rates -------------------------------------------------------------------------
+
+    def _rates_allow(self, lane: Lane, now: float) -> bool:
+        """Whether the rates let *lane* start a job now; else schedule it for later."""
+        if self._global_at is not None:
+            return False  # the pacer wakes the lanes when the global rate has a token
+        global_rate = self._global_rate
+        if global_rate is not None:
+            at = global_rate.ready_at(1)
+            if at > now + _SLACK:
+                self._global_at = at
+                self._pace_at(at)
+                return False
+        if self._rate is not None:
+            bucket = lane.extras.bucket
+            if bucket is not None:
+                at = bucket.ready_at(1)
+                if at > now + _SLACK:
+                    lane.extras.paced = True
+                    heapq.heappush(self._paced, (at, next(self._order), lane))
+                    self._pace_at(at)
+                    return False
+        return True
+
+    def _take_tokens(self, lane: Lane, now: float) -> bool:
+        """Take the tokens for a job of *lane* that is about to start."""
+        global_rate = self._global_rate
+        if global_rate is not None:
+            try:
+                global_rate.acquire_nowait()
+            except anyio.WouldBlock:  # other users of the limiter wait: they go first
+                self._global_at = max(
+                    global_rate.ready_at(1), now + global_rate.per / global_rate.rate
+                )
+                self._pace_at(self._global_at)
+                return False
+        rate = self._rate
+        if rate is not None:
+            extras = lane.extras
+            if extras.bucket is None:
+                extras.bucket = _TokenBucket(rate.rate, rate.per, rate.burst)
+            extras.bucket.take(1, now)
+        return True
+
+    def _pace_at(self, at: float) -> None:
+        """Have the pacer wake the waiting lanes at *at* (or earlier)."""
+        if self._shutdown:
+            return
+        if self._pacer_scope is None:
+            self._pacer_scope = anyio.CancelScope()
+            self._spawn(self._pace, self._pacer_scope)
+        elif at < self._pacer_until and self._pacer_sleep is not None:
+            self._pacer_sleep.cancel()  # it sleeps too long: let it look again
+
+    async def _pace(self, scope: anyio.CancelScope) -> None:
+        """Put lanes back in line as their rates give them tokens again."""
+        paced = self._paced
+        try:
+            with scope:
+                while paced or self._global_at is not None:
+                    wake = min(paced[0][0] if paced else math.inf, self._global_at or math.inf)
+                    if anyio.current_time() + _SLACK < wake:
+                        self._pacer_until = wake
+                        with anyio.CancelScope() as self._pacer_sleep:
+                            await anyio.sleep_until(wake)
+                        self._pacer_sleep = None
+                        self._pacer_until = math.inf
+                        continue
+                    now = anyio.current_time() + _SLACK
+                    if self._global_at is not None and self._global_at <= now:
+                        self._global_at = None
+                    while paced and paced[0][0] <= now:
+                        self._unpace(heapq.heappop(paced)[2])
+                    self._kick()
+        except BaseException:
+            self._pacer_scope = None
+            self._host_gone("the task group hosting the lanes was cancelled")
+            raise
+        self._pacer_scope = None
+
+    def _unpace(self, lane: Lane) -> None:
+        extras = lane.extras
+        extras.paced = False
+        if lane.in_ready:
+            self._ready.append(lane)
+        if extras.lent and not extras.in_lent_ready:
+            extras.in_lent_ready = True
+            self._lent_ready.append(lane)
 
     def _next_on_credit(self, token: Token | None) -> Job[Any] | None:
         """Start a job of a lane that waiting jobs have lent their permits to."""
@@ -747,6 +883,12 @@ class KeyedLanes(Generic[K]):
             extras = lane.extras
             extras.in_lent_ready = False
             if extras.lent and lane.queued and lane.running < self._per_key:
+                if self._pacing:
+                    now = anyio.current_time()
+                    if extras.paced or not self._rates_allow(lane, now):
+                        continue  # the pacer puts it back when it has a token
+                    if not self._take_tokens(lane, now):
+                        continue
                 credit = extras.lent.pop()
                 credit.token.holders += 1
                 if extras.lent:
@@ -861,13 +1003,24 @@ class KeyedLanes(Generic[K]):
             lane.idle_event = None
         if not lane.live:
             return
-        if not self._idle_timeout or self._shutdown:
+        if self._shutdown or not (self._idle_timeout or self._rate):
             lane.close_lane()
             del self._lanes[lane.key]  # type: ignore[arg-type]  # the key of a lane is a K
             return
         now = anyio.current_time()
+        expiry = now + self._idle_timeout
+        if self._rate is not None:
+            # A lane that forgot its bucket would let a new burst through: it stays
+            # until its bucket is full again.
+            extras = lane.lane_extras
+            if extras is not None and extras.bucket is not None:
+                expiry = max(expiry, extras.bucket.ready_at(extras.bucket.burst))
+            if expiry <= now:
+                lane.close_lane()
+                del self._lanes[lane.key]  # type: ignore[arg-type]
+                return
         lane.idle_at = now
-        self._lingering.append((now, lane))
+        heapq.heappush(self._lingering, (expiry, now, next(self._order), lane))
         if self._reaper_scope is None:
             self._reaper_scope = anyio.CancelScope()
             self._spawn(self._reap, self._reaper_scope)
@@ -1122,17 +1275,16 @@ class KeyedLanes(Generic[K]):
             await self._worker(first)
 
     async def _reap(self, scope: anyio.CancelScope) -> None:
-        """Drop lanes that stayed idle for ``idle_timeout`` seconds."""
+        """Drop lanes that stayed idle for ``idle_timeout`` seconds (or until full)."""
         lingering = self._lingering
         try:
             with scope:
                 while lingering:
-                    idle_at, lane = lingering[0]
-                    expiry = idle_at + self._idle_timeout
-                    if anyio.current_time() < expiry:
+                    expiry, idle_at, _, lane = lingering[0]
+                    if anyio.current_time() + _SLACK < expiry:
                         await anyio.sleep_until(expiry)
                         continue
-                    lingering.popleft()
+                    heapq.heappop(lingering)
                     if lane.idle_at == idle_at and lane.live:
                         self._drop(lane)
         except BaseException:
@@ -1223,6 +1375,11 @@ class KeyedLanes(Generic[K]):
             f"<anyio_keyq.KeyedLanes at {id(self):#x}: {state}, {len(self._lanes)} lanes, "
             f"{self._running} running, {self._queued} queued, limit={self._limit!r}>"
         )
+
+
+def _check_rate(name: str, value: object) -> None:
+    if value is not None and not isinstance(value, RateLimiter):
+        raise TypeError(f"{name} must be a RateLimiter or None, got {value!r}")
 
 
 def _job_timeout(name: str, value: float) -> float | None:

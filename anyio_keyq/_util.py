@@ -89,3 +89,16 @@ def check_callable(fn: object) -> None:
 def describe(fn: Callable[..., object]) -> str:
     """A short name of *fn* for messages and logs."""
     return getattr(fn, "__qualname__", None) or repr(fn)
+
+
+def check_positive_number(name: str, value: object) -> float:
+    """Return *value* as a float if it is a finite number > 0; else raise naming *name*."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not 0 < number < math.inf:  # NaN fails both comparisons
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return number
