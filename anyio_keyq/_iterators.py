@@ -21,6 +21,7 @@ import anyio
 from anyio.lowlevel import cancel_shielded_checkpoint, checkpoint, checkpoint_if_cancelled
 
 from ._lanes import KeyedLanes
+from ._limiters import Limiter
 from ._util import check_positive_int, check_seconds, describe
 
 if TYPE_CHECKING:
@@ -75,15 +76,15 @@ def _open_source(
 
 def _check_limit(limit: object) -> int:
     """Return how many calls *limit* lets run at once."""
-    if isinstance(limit, anyio.CapacityLimiter):
+    if isinstance(limit, anyio.CapacityLimiter | Limiter):
         tokens = limit.total_tokens
         if tokens == math.inf:
             raise ValueError(
-                f"limit must have a finite number of tokens, got a CapacityLimiter with "
-                f"total_tokens={tokens!r}: they set the number of worker tasks and the "
-                f"read-ahead bound"
+                f"limit must have a finite number of tokens, got a {type(limit).__name__} "
+                f"with total_tokens={tokens!r}: they set the number of worker tasks and "
+                f"the read-ahead bound"
             )
-        return int(tokens)
+        return max(1, int(tokens))
     return check_positive_int("limit", limit)
 
 
@@ -400,7 +401,7 @@ class _Amap(_Mapped[R], Generic[T, R]):
         self,
         fn: Callable[[T], Awaitable[R]],
         source: Iterable[Any] | AsyncIterable[Any],
-        limit: int | anyio.CapacityLimiter,
+        limit: int | anyio.CapacityLimiter | Limiter,
         ordered: bool,
         return_exceptions: bool,
     ) -> None:
@@ -408,7 +409,7 @@ class _Amap(_Mapped[R], Generic[T, R]):
         workers = _check_limit(limit)
         super().__init__("amap()", source, 2 * workers, ordered, return_exceptions)
         self._fn = fn
-        self._limiter = limit if isinstance(limit, anyio.CapacityLimiter) else None
+        self._limiter = None if isinstance(limit, int) else limit
         self._max_workers = workers
         self._workers = 0
         self._reading = False  # the reader role is taken (or promised to a worker)
@@ -475,6 +476,24 @@ class _Amap(_Mapped[R], Generic[T, R]):
                 self._scopes.discard(scope)
                 self._workers -= 1
 
+    async def _call_limited(self, limiter: anyio.CapacityLimiter | Limiter, item: T) -> R:
+        """Call ``fn`` under a permit of *limiter*, borrowed for this one call."""
+        borrower = object()
+        try:
+            limiter.acquire_on_behalf_of_nowait(borrower)
+        except anyio.WouldBlock:
+            await limiter.acquire_on_behalf_of(borrower)
+        failed = True
+        try:
+            value = await self._fn(item)
+            failed = False
+        finally:
+            if isinstance(limiter, anyio.CapacityLimiter):
+                limiter.release_on_behalf_of(borrower)
+            else:
+                limiter.release_on_behalf_of(borrower, failed=failed)
+        return value
+
     async def _work(self) -> None:
         """Started holding the reader role; run until there is nothing left to read."""
         fn = self._fn
@@ -502,14 +521,7 @@ class _Amap(_Mapped[R], Generic[T, R]):
                 if limiter is None:
                     value = await fn(item)
                 else:
-                    try:
-                        limiter.acquire_nowait()
-                    except anyio.WouldBlock:
-                        await limiter.acquire()
-                    try:
-                        value = await fn(item)
-                    finally:
-                        limiter.release()
+                    value = await self._call_limited(limiter, item)
             except cancelled:
                 raise
             except BaseException as exc:
@@ -547,7 +559,7 @@ class _KeyedAmap(_Mapped[R], Generic[T, R]):
         fn: Callable[[T], Awaitable[R]],
         source: Iterable[Any] | AsyncIterable[Any],
         key: Callable[[T], Hashable],
-        limit: int | anyio.CapacityLimiter,
+        limit: int | anyio.CapacityLimiter | Limiter,
         per_key: int,
         ordered: bool,
         return_exceptions: bool,
@@ -716,7 +728,7 @@ def amap(
     fn: Callable[[T], Awaitable[R]],
     source: Iterable[T] | AsyncIterable[T],
     *,
-    limit: int | anyio.CapacityLimiter,
+    limit: int | anyio.CapacityLimiter | Limiter,
     ordered: bool = ...,
     return_exceptions: Literal[False] = ...,
 ) -> AbstractAsyncContextManager[AsyncIterator[R]]: ...
@@ -727,7 +739,7 @@ def amap(
     fn: Callable[[T], Awaitable[R]],
     source: Iterable[T] | AsyncIterable[T],
     *,
-    limit: int | anyio.CapacityLimiter,
+    limit: int | anyio.CapacityLimiter | Limiter,
     ordered: bool = ...,
     return_exceptions: bool,
 ) -> AbstractAsyncContextManager[AsyncIterator[R | Exception]]: ...
@@ -737,7 +749,7 @@ def amap(
     fn: Callable[[T], Awaitable[R]],
     source: Iterable[T] | AsyncIterable[T],
     *,
-    limit: int | anyio.CapacityLimiter,
+    limit: int | anyio.CapacityLimiter | Limiter,
     ordered: bool = True,
     return_exceptions: bool = False,
 ) -> AbstractAsyncContextManager[AsyncIterator[R | Exception]]:
@@ -793,7 +805,7 @@ def keyed_amap(
     source: Iterable[T] | AsyncIterable[T],
     *,
     key: Callable[[T], Hashable],
-    limit: int | anyio.CapacityLimiter,
+    limit: int | anyio.CapacityLimiter | Limiter,
     per_key: int = ...,
     ordered: bool = ...,
     return_exceptions: Literal[False] = ...,
@@ -806,7 +818,7 @@ def keyed_amap(
     source: Iterable[T] | AsyncIterable[T],
     *,
     key: Callable[[T], Hashable],
-    limit: int | anyio.CapacityLimiter,
+    limit: int | anyio.CapacityLimiter | Limiter,
     per_key: int = ...,
     ordered: bool = ...,
     return_exceptions: bool,
@@ -818,7 +830,7 @@ def keyed_amap(
     source: Iterable[T] | AsyncIterable[T],
     *,
     key: Callable[[T], Hashable],
-    limit: int | anyio.CapacityLimiter,
+    limit: int | anyio.CapacityLimiter | Limiter,
     per_key: int = 1,
     ordered: bool = False,
     return_exceptions: bool = False,

@@ -94,9 +94,12 @@ class _Unretrieved:
 class _JobExtras:
     """The fields of a job that most jobs never use, kept apart to keep jobs small."""
 
-    __slots__ = ("awaiting", "credit", "credits", "links", "report")
+    __slots__ = ("awaiting", "credit", "credits", "links", "priority", "report", "weight")
 
     def __init__(self, links: tuple[tuple[object, Hashable], ...] | None = None) -> None:
+        # How much of the global limit the job takes, and its place among ready lanes.
+        self.weight = 1
+        self.priority: float = 0
         # The lanes that wait, through nested calls, for this job: see Job._chain.
         self.links = links
         # The job this (running) job is waiting for.

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from ._job import Job
     from ._lanes import _RoomWaiter
     from ._permits import Credit
+    from ._rate import _TokenBucket
 
 
 class Lane:
@@ -79,7 +80,7 @@ class Lane:
 class LaneExtras:
     """What only some lanes need: lent permits, and ``per_key > 1`` bookkeeping."""
 
-    __slots__ = ("active", "in_lent_ready", "lent", "starting", "turn")
+    __slots__ = ("active", "bucket", "in_lent_ready", "lent", "paced", "starting", "turn")
 
     def __init__(self) -> None:
         # With per_key > 1: the running jobs.
@@ -91,3 +92,7 @@ class LaneExtras:
         # that they begin in submission order whatever order their workers wake in.
         self.starting: deque[Job[object]] | None = None
         self.turn: anyio.Event | None = None
+        # With a rate per key: the lane's token bucket, and whether the lane waits for
+        # a token in the pacer's queue.
+        self.bucket: _TokenBucket | None = None
+        self.paced = False

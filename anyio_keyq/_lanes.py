@@ -2,20 +2,42 @@
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Hashable
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable
 from contextvars import copy_context
 from dataclasses import dataclass
 from types import CoroutineType
-from typing import TYPE_CHECKING, Any, Generic, Protocol, Self, TypeVar, TypeVarTuple, Unpack
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Generic,
+    Literal,
+    Protocol,
+    Self,
+    TypeVar,
+    TypeVarTuple,
+    Unpack,
+)
 
 import anyio
 from anyio.lowlevel import cancel_shielded_checkpoint, checkpoint, checkpoint_if_cancelled
 
 from ._exceptions import LaneDeadlock, LaneFull, LanesClosed
 from ._job import Job, JobStatus, _JobExtras, current_job
-from ._permits import CountedPermits, Credit, LimiterPermits, Permits, Token
+from ._limiters import Limiter
+from ._permits import (
+    CountedPermits,
+    Credit,
+    LimiterPermits,
+    Permits,
+    ProtocolPermits,
+    Token,
+    priority_of,
+)
+from ._rate import RateLimiter, _TokenBucket
 from ._util import check_bound, check_callable, check_positive_int, check_seconds, final
 
 if TYPE_CHECKING:
@@ -37,6 +59,10 @@ _CANCELLED = JobStatus.CANCELLED
 _MAX_PARKED_UNLIMITED = 1024
 
 _MISSING: Any = object()
+
+#: A token due within this many seconds counts as there: the loop's clock and a rate's
+#: instants are sums of floats that may differ in the last bits.
+_SLACK = 1e-9
 
 
 class TaskSpawner(Protocol):
@@ -85,6 +111,34 @@ class LanesStatistics:
     peak_running: int
     #: The global limit (``math.inf`` when there is none).
     limit: float
+
+
+class _PriorityReady:
+    """The lanes ready to start a job, by the priority of that job, then first come.
+
+    It stands in for the plain deque of ready lanes once a job has a priority.
+    """
+
+    __slots__ = ("_heap", "_order")
+
+    def __init__(self, lanes: Iterable[Lane]) -> None:
+        self._heap: list[tuple[float, int, Lane]] = []
+        self._order = itertools.count()
+        for lane in lanes:
+            self.append(lane)
+
+    def append(self, lane: Lane) -> None:
+        assert lane.head is not None
+        heapq.heappush(self._heap, (priority_of(lane.head), next(self._order), lane))
+
+    def popleft(self) -> Lane:
+        return heapq.heappop(self._heap)[2]
+
+    def __getitem__(self, index: Literal[0]) -> Lane:
+        return self._heap[0][2]
+
+    def __len__(self) -> int:
+        return len(self._heap)
 
 
 class _RoomWaiter:
@@ -136,12 +190,19 @@ class KeyedLanes(Generic[K]):
     as cancelled.
 
     :param limit: the global cap on running jobs: an int >= 1, a shared
-        :class:`anyio.CapacityLimiter`, or ``None`` for no cap
+        :class:`anyio.CapacityLimiter` or :class:`Limiter` (such as a
+        :class:`WeightedLimiter`), or ``None`` for no cap
     :param per_key: how many jobs of one key may run at once (1: one at a time)
     :param max_pending: per-key bound on accepted jobs not yet started; further
         submissions wait for room (``submit_nowait`` raises :exc:`LaneFull`)
     :param idle_timeout: seconds an empty lane lingers before it is dropped
     :param timeout: the default time limit of a job in seconds, counted from its start
+    :param rate: a rate per key: every lane gets a token bucket of its own, with the
+        rate, period and burst of this :class:`RateLimiter` (a pattern: the limiter
+        itself is not used), and a job starts only with a token of its lane. A lane
+        stays until its bucket is full again, so that a key cannot burst by going idle
+    :param global_rate: a rate across all lanes: every job takes a token of this
+        :class:`RateLimiter`, which other code may share
     :param task_group: host the workers in this task group or trio nursery instead of
         using ``async with``; then call :meth:`aclose` to finish
     """
@@ -154,6 +215,8 @@ class KeyedLanes(Generic[K]):
         "_completed",
         "_entered",
         "_failed",
+        "_global_at",
+        "_global_rate",
         "_home",
         "_host",
         "_idle_event",
@@ -164,12 +227,19 @@ class KeyedLanes(Generic[K]):
         "_lingering",
         "_max_parked",
         "_max_pending",
+        "_order",
         "_own_tg",
+        "_paced",
+        "_pacer_scope",
+        "_pacer_sleep",
+        "_pacer_until",
+        "_pacing",
         "_parked",
         "_peak_running",
         "_per_key",
         "_permits",
         "_queued",
+        "_rate",
         "_ready",
         "_reaper_scope",
         "_room_waiting",
@@ -179,17 +249,20 @@ class KeyedLanes(Generic[K]):
         "_timed_out",
         "_timeout",
         "_token_waiter_scope",
+        "_weighted",
         "_workers",
     )
 
     def __init__(
         self,
         *,
-        limit: int | anyio.CapacityLimiter | None = 100,
+        limit: int | anyio.CapacityLimiter | Limiter | None = 100,
         per_key: int = 1,
         max_pending: float = math.inf,
         idle_timeout: float = 0.0,
         timeout: float | None = None,
+        rate: RateLimiter | None = None,
+        global_rate: RateLimiter | None = None,
         task_group: TaskSpawner | None = None,
     ) -> None:
         self._permits: Permits
@@ -198,6 +271,9 @@ class KeyedLanes(Generic[K]):
             self._max_parked = _MAX_PARKED_UNLIMITED
         elif isinstance(limit, anyio.CapacityLimiter):
             self._permits = LimiterPermits(limit)
+            self._max_parked = _MAX_PARKED_UNLIMITED
+        elif isinstance(limit, Limiter):
+            self._permits = ProtocolPermits(limit)
             self._max_parked = _MAX_PARKED_UNLIMITED
         else:
             total = check_positive_int("limit", limit)
@@ -213,6 +289,17 @@ class KeyedLanes(Generic[K]):
                 f"task_group must be an anyio task group or a trio nursery, got {task_group!r}"
             )
         self._host: TaskSpawner | None = task_group
+        _check_rate("rate", rate)
+        _check_rate("global_rate", global_rate)
+        self._rate = rate
+        self._global_rate = global_rate
+        self._pacing = rate is not None or global_rate is not None
+        # Lanes waiting for a token of their own rate: (instant, order, lane).
+        self._paced: list[tuple[float, int, Lane]] = []
+        self._global_at: float | None = None  # when the global rate has a token again
+        self._pacer_scope: anyio.CancelScope | None = None
+        self._pacer_sleep: anyio.CancelScope | None = None
+        self._pacer_until = math.inf
         self._home = copy_context()
         if current_job.get() is not None:  # created by a job: workers are not inside it
             self._home.run(current_job.set, None)
@@ -222,12 +309,14 @@ class KeyedLanes(Generic[K]):
         self._closed_reason = "the lanes are closed and accept no new jobs"
         self._shutdown = False
         self._lanes: dict[K, Lane] = {}
-        self._ready: deque[Lane] = deque()
+        self._ready: deque[Lane] | _PriorityReady = deque()
         self._lent_ready: deque[Lane] = deque()
         self._parked: list[_Parked] = []
         self._workers = 0
         self._token_waiter_scope: anyio.CancelScope | None = None
-        self._lingering: deque[tuple[float, Lane]] = deque()
+        # Idle lanes kept for a while: (expiry, idle_at, order, lane), soonest first.
+        self._lingering: list[tuple[float, float, int, Lane]] = []
+        self._order = itertools.count()
         self._reaper_scope: anyio.CancelScope | None = None
         self._idle_event: anyio.Event | None = None
         self._room_waiting = 0
@@ -239,6 +328,7 @@ class KeyedLanes(Generic[K]):
         self._timed_out = 0
         self._cancelled = 0
         self._peak_running = 0
+        self._weighted = False  # some job weighs more than 1
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -326,8 +416,11 @@ class KeyedLanes(Generic[K]):
         for scope in (self._token_waiter_scope, self._reaper_scope):
             if scope is not None:
                 scope.cancel()
-        lingering, self._lingering = self._lingering, deque()
-        for _, lane in lingering:
+        for scope in (self._pacer_scope,):
+            if scope is not None:
+                scope.cancel()
+        lingering, self._lingering = self._lingering, []
+        for _, _, _, lane in lingering:
             if lane.live and lane.idle_at is not None:
                 self._drop(lane)
 
@@ -351,6 +444,8 @@ class KeyedLanes(Generic[K]):
         fn: Callable[[Unpack[PosArgsT]], Awaitable[T]],
         *args: *PosArgsT,
         timeout: float | None = None,
+        weight: int = 1,
+        priority: float = 0,
     ) -> T:
         """Run ``fn(*args)`` in the lane of *key* and return its result.
 
@@ -361,13 +456,16 @@ class KeyedLanes(Generic[K]):
 
         :param timeout: the job's time limit in seconds (default: the lanes'
             ``timeout``; ``math.inf`` for none)
+        :param weight: how many units of the global limit the job takes while it runs
+        :param priority: the job's claim on the next free permit, lower first: it
+            orders the lanes waiting for a permit, never the jobs of one key
         :raises LanesClosed: if the lanes are closed
         :raises LaneDeadlock: if called from a job that the lane of *key* must wait for
         :raises TimeoutError: if the job ran past its time limit
         :raises JobCancelled: if the job was cancelled by someone else
         """
         await checkpoint_if_cancelled()
-        job = await self._accept(key, fn, args, timeout, "awaiting run()")
+        job = await self._accept(key, fn, args, timeout, weight, priority, "awaiting run()")
         try:
             await job.wait()
         except BaseException:
@@ -384,6 +482,8 @@ class KeyedLanes(Generic[K]):
         fn: Callable[[Unpack[PosArgsT]], Awaitable[T]],
         *args: *PosArgsT,
         timeout: float | None = None,
+        weight: int = 1,
+        priority: float = 0,
     ) -> Job[T]:
         """Queue ``fn(*args)`` in the lane of *key* and return its :class:`Job` handle.
 
@@ -392,11 +492,14 @@ class KeyedLanes(Generic[K]):
 
         :param timeout: the job's time limit in seconds (default: the lanes'
             ``timeout``; ``math.inf`` for none)
+        :param weight: how many units of the global limit the job takes while it runs
+        :param priority: the job's claim on the next free permit, lower first: it
+            orders the lanes waiting for a permit, never the jobs of one key
         :raises LanesClosed: if the lanes are closed (also while waiting for room)
         :raises LaneDeadlock: if called from a job that the lane of *key* must wait for
         """
         await checkpoint_if_cancelled()
-        job = await self._accept(key, fn, args, timeout, "awaiting submit()")
+        job = await self._accept(key, fn, args, timeout, weight, priority, "awaiting submit()")
         await cancel_shielded_checkpoint()
         return job
 
@@ -406,17 +509,20 @@ class KeyedLanes(Generic[K]):
         fn: Callable[[Unpack[PosArgsT]], Awaitable[T]],
         *args: *PosArgsT,
         timeout: float | None = None,
+        weight: int = 1,
+        priority: float = 0,
     ) -> Job[T]:
         """Queue ``fn(*args)`` in the lane of *key* at once and return its handle.
 
         Never blocks. Allowed from inside a job of the same key, as long as that job
-        does not await the handle before it has finished.
+        does not await the handle before it has finished. The options are those of
+        :meth:`submit`.
 
         :raises LaneFull: if the lane has ``max_pending`` queued jobs or other callers
             are waiting for room
         :raises LanesClosed: if the lanes are closed
         """
-        job = self._new_job(key, fn, args, timeout, None)
+        job = self._new_job(key, fn, args, timeout, weight, priority, None)
         lane = job._lane
         if lane.queued >= self._max_pending or lane.room:
             self._forget_if_idle(lane)
@@ -431,9 +537,11 @@ class KeyedLanes(Generic[K]):
         fn: Callable[..., Awaitable[T]],
         args: tuple[Any, ...],
         timeout: float | None,
+        weight: int,
+        priority: float,
         what: str,
     ) -> Job[T]:
-        job = self._new_job(key, fn, args, timeout, what)
+        job = self._new_job(key, fn, args, timeout, weight, priority, what)
         lane = job._lane
         if lane.queued < self._max_pending and not lane.room:
             if self._enqueue(lane, job):
@@ -448,6 +556,8 @@ class KeyedLanes(Generic[K]):
         fn: Callable[..., Awaitable[T]],
         args: tuple[Any, ...],
         timeout: float | None,
+        weight: int,
+        priority: float,
         what: str | None,
     ) -> Job[T]:
         if self._closed:
@@ -463,6 +573,8 @@ class KeyedLanes(Generic[K]):
             timeout = self._timeout
         else:
             timeout = _job_timeout("timeout", timeout)
+        if weight != 1 or priority:
+            self._check_weight(weight, priority)
         links: tuple[tuple[object, Hashable], ...] | None = None
         if what is not None:
             caller = current_job.get()
@@ -481,10 +593,40 @@ class KeyedLanes(Generic[K]):
         if ctx == self._home:
             ctx = self._home  # one shared context instead of a copy per queued job
         job = Job(self, lane, key, fn, args, ctx, timeout, links)
+        if weight != 1 or priority:
+            self._weigh(job, weight, priority)
         if lane is None:  # the job opens the lane of its key: see Lane
             job._lane = self._lanes[key] = job
             job.open_lane()
         return job
+
+    def _check_weight(self, weight: object, priority: object) -> None:
+        weight = check_positive_int("weight", weight)
+        permits = self._permits
+        if weight > 1 and not permits.weighted:
+            raise ValueError(
+                f"weight must be 1 with a CapacityLimiter as the limit, got {weight!r}: "
+                f"use a WeightedLimiter or an int limit for weighted jobs"
+            )
+        if weight > permits.total:
+            raise ValueError(
+                f"weight must be at most the limit of {permits.total!r}, got {weight!r}: "
+                f"such a job could never start"
+            )
+        if not isinstance(priority, int | float) or isinstance(priority, bool):
+            raise TypeError(f"priority must be a number (lower runs first), got {priority!r}")
+        if math.isnan(priority):
+            raise ValueError(f"priority must be a number (lower runs first), got {priority!r}")
+
+    def _weigh(self, job: Job[Any], weight: int, priority: float) -> None:
+        more = job._more
+        more.weight = weight
+        more.priority = priority
+        if weight != 1:
+            self._weighted = True
+        if priority and type(self._ready) is deque:
+            # From the first prioritised job on, ready lanes wait in priority order.
+            self._ready = _PriorityReady(self._ready)
 
     def _forget_if_idle(self, lane: Lane) -> None:
         if not lane.queued and not lane.running and lane.idle_at is None:
@@ -552,13 +694,9 @@ class KeyedLanes(Generic[K]):
 
     def _start(self, lane: Lane, token: Token, credit: Credit | None) -> Job[Any]:
         """Take the next queued job of *lane* and mark it running on *token*."""
+        job = self._first_queued(lane)
         queue = lane.queue
-        while True:
-            job = lane.head
-            assert job is not None
-            lane.head = queue.popleft() if queue else None
-            if job._status is _QUEUED:
-                break
+        lane.head = queue.popleft() if queue else None
         job._status = _RUNNING
         job._token = token
         if credit is not None:
@@ -575,6 +713,15 @@ class KeyedLanes(Generic[K]):
             self._start_one_of_many(lane, job)
         if lane.room:
             self._admit(lane)
+        return job
+
+    def _first_queued(self, lane: Lane) -> Job[Any]:
+        """The next job of *lane* to start, past the cancelled jobs left in its queue."""
+        job = lane.head
+        assert job is not None
+        while job._status is not _QUEUED:
+            assert lane.queue
+            job = lane.head = lane.queue.popleft()
         return job
 
     def _start_one_of_many(self, lane: Lane, job: Job[Any]) -> None:
@@ -602,29 +749,131 @@ class KeyedLanes(Generic[K]):
         ready = self._ready
         permits = self._permits
         per_key = self._per_key
+        now = anyio.current_time() if self._pacing else 0.0
         while ready:
             lane = ready[0]
             if not lane.queued or lane.running >= per_key:
                 ready.popleft()
                 lane.in_ready = False
                 continue
-            if token is not None and not (fresh or permits.reuse):
-                permits.release(token)
-                token = None
+            if self._pacing and not self._rates_allow(lane, now):
+                if self._global_at is not None:
+                    break  # no lane may start before the global rate has a token
+                ready.popleft()  # the lane waits for its own token, holding no permit
+                continue
+            job = self._first_queued(lane)
+            if token is not None:
+                extras = job._extras
+                weight = 1 if extras is None else extras.weight
+                if (fresh or permits.reuse) and token.weight == weight:
+                    token.holders = 1
+                else:
+                    permits.release(token)
+                    token = None
             if token is None:
-                token = permits.try_acquire()
+                token = permits.try_acquire(job)
                 if token is None:
                     if permits.shared:
-                        self._wait_for_token()
+                        self._wait_for_token(job)
                     return None
-            else:
-                token.holders = 1
+            if self._pacing and not self._take_tokens(lane, now):
+                permits.release(token)
+                return None
             ready.popleft()
             lane.in_ready = False
             return self._start(lane, token, None)
         if token is not None:
             permits.release(token)
         return None
+
+    # -- rates -------------------------------------------------------------------------
+
+    def _rates_allow(self, lane: Lane, now: float) -> bool:
+        """Whether the rates let *lane* start a job now; else schedule it for later."""
+        if self._global_at is not None:
+            return False  # the pacer wakes the lanes when the global rate has a token
+        global_rate = self._global_rate
+        if global_rate is not None:
+            at = global_rate.ready_at(1)
+            if at > now + _SLACK:
+                self._global_at = at
+                self._pace_at(at)
+                return False
+        if self._rate is not None:
+            bucket = lane.extras.bucket
+            if bucket is not None:
+                at = bucket.ready_at(1)
+                if at > now + _SLACK:
+                    lane.extras.paced = True
+                    heapq.heappush(self._paced, (at, next(self._order), lane))
+                    self._pace_at(at)
+                    return False
+        return True
+
+    def _take_tokens(self, lane: Lane, now: float) -> bool:
+        """Take the tokens for a job of *lane* that is about to start."""
+        global_rate = self._global_rate
+        if global_rate is not None:
+            try:
+                global_rate.acquire_nowait()
+            except anyio.WouldBlock:  # other users of the limiter wait: they go first
+                self._global_at = max(
+                    global_rate.ready_at(1), now + global_rate.per / global_rate.rate
+                )
+                self._pace_at(self._global_at)
+                return False
+        rate = self._rate
+        if rate is not None:
+            extras = lane.extras
+            if extras.bucket is None:
+                extras.bucket = _TokenBucket(rate.rate, rate.per, rate.burst)
+            extras.bucket.take(1, now)
+        return True
+
+    def _pace_at(self, at: float) -> None:
+        """Have the pacer wake the waiting lanes at *at* (or earlier)."""
+        if self._shutdown:
+            return
+        if self._pacer_scope is None:
+            self._pacer_scope = anyio.CancelScope()
+            self._spawn(self._pace, self._pacer_scope)
+        elif at < self._pacer_until and self._pacer_sleep is not None:
+            self._pacer_sleep.cancel()  # it sleeps too long: let it look again
+
+    async def _pace(self, scope: anyio.CancelScope) -> None:
+        """Put lanes back in line as their rates give them tokens again."""
+        paced = self._paced
+        try:
+            with scope:
+                while paced or self._global_at is not None:
+                    wake = min(paced[0][0] if paced else math.inf, self._global_at or math.inf)
+                    if anyio.current_time() + _SLACK < wake:
+                        self._pacer_until = wake
+                        with anyio.CancelScope() as self._pacer_sleep:
+                            await anyio.sleep_until(wake)
+                        self._pacer_sleep = None
+                        self._pacer_until = math.inf
+                        continue
+                    now = anyio.current_time() + _SLACK
+                    if self._global_at is not None and self._global_at <= now:
+                        self._global_at = None
+                    while paced and paced[0][0] <= now:
+                        self._unpace(heapq.heappop(paced)[2])
+                    self._kick()
+        except BaseException:
+            self._pacer_scope = None
+            self._host_gone("the task group hosting the lanes was cancelled")
+            raise
+        self._pacer_scope = None
+
+    def _unpace(self, lane: Lane) -> None:
+        extras = lane.extras
+        extras.paced = False
+        if lane.in_ready:
+            self._ready.append(lane)
+        if extras.lent and not extras.in_lent_ready:
+            extras.in_lent_ready = True
+            self._lent_ready.append(lane)
 
     def _next_on_credit(self, token: Token | None) -> Job[Any] | None:
         """Start a job of a lane that waiting jobs have lent their permits to."""
@@ -634,6 +883,12 @@ class KeyedLanes(Generic[K]):
             extras = lane.extras
             extras.in_lent_ready = False
             if extras.lent and lane.queued and lane.running < self._per_key:
+                if self._pacing:
+                    now = anyio.current_time()
+                    if extras.paced or not self._rates_allow(lane, now):
+                        continue  # the pacer puts it back when it has a token
+                    if not self._take_tokens(lane, now):
+                        continue
                 credit = extras.lent.pop()
                 credit.token.holders += 1
                 if extras.lent:
@@ -680,6 +935,7 @@ class KeyedLanes(Generic[K]):
         token = job._token
         assert token is not None
         token.holders -= 1
+        token.failed = status is _FAILED  # for a limit that adapts to outcomes
         extras = job._extras
         if extras is not None:
             self._end_credits(extras)
@@ -747,13 +1003,24 @@ class KeyedLanes(Generic[K]):
             lane.idle_event = None
         if not lane.live:
             return
-        if not self._idle_timeout or self._shutdown:
+        if self._shutdown or not (self._idle_timeout or self._rate):
             lane.close_lane()
             del self._lanes[lane.key]  # type: ignore[arg-type]  # the key of a lane is a K
             return
         now = anyio.current_time()
+        expiry = now + self._idle_timeout
+        if self._rate is not None:
+            # A lane that forgot its bucket would let a new burst through: it stays
+            # until its bucket is full again.
+            extras = lane.lane_extras
+            if extras is not None and extras.bucket is not None:
+                expiry = max(expiry, extras.bucket.ready_at(extras.bucket.burst))
+            if expiry <= now:
+                lane.close_lane()
+                del self._lanes[lane.key]  # type: ignore[arg-type]
+                return
         lane.idle_at = now
-        self._lingering.append((now, lane))
+        heapq.heappush(self._lingering, (expiry, now, next(self._order), lane))
         if self._reaper_scope is None:
             self._reaper_scope = anyio.CancelScope()
             self._spawn(self._reap, self._reaper_scope)
@@ -883,6 +1150,8 @@ class KeyedLanes(Generic[K]):
                 if job is None:
                     job = self._next(free)
                     free = None
+                    if self._weighted:
+                        self._kick()
                     if job is None:
                         if current_job.get() is not None:
                             current_job.set(None)  # let go of the last job while parked
@@ -932,6 +1201,8 @@ class KeyedLanes(Generic[K]):
                         check = timeout is not None or job is None or job._cancel_requested
                         job = self._next(free)
                         free = None
+                        if self._weighted:  # a heavy job's permit may fit more than one
+                            self._kick()
                         if job is None or (check and scope.cancel_called):
                             break
                         if timeout is not None:
@@ -977,18 +1248,20 @@ class KeyedLanes(Generic[K]):
             raise
         return parked.job
 
-    def _wait_for_token(self) -> None:
-        """Have one task wait on the shared limiter for a permit for the ready lanes."""
+    def _wait_for_token(self, job: Job[Any]) -> None:
+        """Have one task wait on the shared limiter for a permit for the ready lanes.
+
+        It asks with the weight and priority of *job*, the next job to start.
+        """
         if self._token_waiter_scope is None and not self._shutdown:
             self._token_waiter_scope = anyio.CancelScope()
-            self._spawn(self._token_waiter, self._token_waiter_scope)
+            self._spawn(self._token_waiter, self._token_waiter_scope, job)
 
-    async def _token_waiter(self, scope: anyio.CancelScope) -> None:
-        assert isinstance(self._permits, LimiterPermits)
+    async def _token_waiter(self, scope: anyio.CancelScope, job: Job[Any]) -> None:
         token = None
         try:
             with scope:
-                token = await self._permits.acquire()
+                token = await self._permits.acquire(job)
         except BaseException:
             self._token_waiter_scope = None
             self._host_gone("the task group hosting the lanes was cancelled")
@@ -996,23 +1269,22 @@ class KeyedLanes(Generic[K]):
         self._token_waiter_scope = None
         if token is None:
             return
-        job = self._next(token, fresh=True)
+        first = self._next(token, fresh=True)
         self._kick()
-        if job is not None:
-            await self._worker(job)
+        if first is not None:
+            await self._worker(first)
 
     async def _reap(self, scope: anyio.CancelScope) -> None:
-        """Drop lanes that stayed idle for ``idle_timeout`` seconds."""
+        """Drop lanes that stayed idle for ``idle_timeout`` seconds (or until full)."""
         lingering = self._lingering
         try:
             with scope:
                 while lingering:
-                    idle_at, lane = lingering[0]
-                    expiry = idle_at + self._idle_timeout
-                    if anyio.current_time() < expiry:
+                    expiry, idle_at, _, lane = lingering[0]
+                    if anyio.current_time() + _SLACK < expiry:
                         await anyio.sleep_until(expiry)
                         continue
-                    lingering.popleft()
+                    heapq.heappop(lingering)
                     if lane.idle_at == idle_at and lane.live:
                         self._drop(lane)
         except BaseException:
@@ -1075,7 +1347,7 @@ class KeyedLanes(Generic[K]):
         return self._closed
 
     @property
-    def limit(self) -> int | anyio.CapacityLimiter | None:
+    def limit(self) -> int | anyio.CapacityLimiter | Limiter | None:
         """The global limit the lanes were created with."""
         return self._limit
 
@@ -1103,6 +1375,11 @@ class KeyedLanes(Generic[K]):
             f"<anyio_keyq.KeyedLanes at {id(self):#x}: {state}, {len(self._lanes)} lanes, "
             f"{self._running} running, {self._queued} queued, limit={self._limit!r}>"
         )
+
+
+def _check_rate(name: str, value: object) -> None:
+    if value is not None and not isinstance(value, RateLimiter):
+        raise TypeError(f"{name} must be a RateLimiter or None, got {value!r}")
 
 
 def _job_timeout(name: str, value: float) -> float | None:

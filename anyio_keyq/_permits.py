@@ -12,20 +12,25 @@ from typing import TYPE_CHECKING
 import anyio
 
 if TYPE_CHECKING:
+    from ._job import Job
     from ._lane import Lane
+    from ._limiters import Limiter
 
 
 class Token:
     """One permit of the global limit, held by the jobs running on it.
 
     ``holders`` counts the running jobs that use it: the job that took it, plus any
-    job started on a credit lent from it. It goes back to the limit at zero.
+    job started on a credit lent from it. It goes back to the limit at zero, telling
+    the limit whether the last job run on it failed.
     """
 
-    __slots__ = ("holders",)
+    __slots__ = ("failed", "holders", "weight")
 
-    def __init__(self) -> None:
+    def __init__(self, weight: int = 1) -> None:
         self.holders = 1
+        self.weight = weight
+        self.failed = False
 
 
 class Credit:
@@ -39,26 +44,38 @@ class Credit:
         self.active = True
 
 
+def weight_of(job: Job[object]) -> int:
+    extras = job._extras
+    return 1 if extras is None else extras.weight
+
+
+def priority_of(job: Job[object]) -> float:
+    extras = job._extras
+    return 0 if extras is None else extras.priority
+
+
 class Permits:
     """A source of tokens. This base class has no limit."""
 
     __slots__ = ()
 
-    #: Whether a finished job's token may serve the next job without a round trip
-    #: through the limit (only when nobody outside the lanes competes for it).
+    #: Whether a finished job's token may serve the next job of the same weight without
+    #: a round trip through the limit (only when nobody outside the lanes competes).
     reuse = True
     #: Whether tokens may be freed by someone else, so that a task must wait for one.
     shared = False
+    #: Whether a job may weigh more than 1.
+    weighted = True
     total: float = float("inf")
 
-    def try_acquire(self) -> Token | None:
-        return Token()
+    def try_acquire(self, job: Job[object]) -> Token | None:
+        return Token(weight_of(job))
 
     def maybe_free(self) -> bool:
         """Whether try_acquire() might succeed (cheap; False only when it cannot)."""
         return True
 
-    async def acquire(self) -> Token:  # pragma: no cover - only shared sources wait
+    async def acquire(self, job: Job[object]) -> Token:  # pragma: no cover - never waits
         raise NotImplementedError
 
     def release(self, token: Token) -> None:
@@ -74,14 +91,21 @@ class CountedPermits(Permits):
         self.total = total
         self._used = 0
 
-    def try_acquire(self) -> Token | None:
-        if self._used < self.total:
-            self._used += 1
-            return Token()
+    def try_acquire(self, job: Job[object]) -> Token | None:
+        extras = job._extras
+        if extras is None:  # the common case, kept short
+            if self._used < self.total:
+                self._used += 1
+                return Token()
+            return None
+        weight = extras.weight
+        if self._used + weight <= self.total:
+            self._used += weight
+            return Token(weight)
         return None
 
     def release(self, token: Token) -> None:
-        self._used -= 1
+        self._used -= token.weight
 
     def maybe_free(self) -> bool:
         return self._used < self.total
@@ -98,6 +122,7 @@ class LimiterPermits(Permits):
 
     reuse = False
     shared = True
+    weighted = False
 
     def __init__(self, limiter: anyio.CapacityLimiter) -> None:
         self.limiter = limiter
@@ -106,7 +131,7 @@ class LimiterPermits(Permits):
     def total(self) -> float:  # type: ignore[override]
         return self.limiter.total_tokens
 
-    def try_acquire(self) -> Token | None:
+    def try_acquire(self, job: Job[object]) -> Token | None:
         token = Token()
         try:
             self.limiter.acquire_on_behalf_of_nowait(token)
@@ -114,10 +139,50 @@ class LimiterPermits(Permits):
             return None
         return token
 
-    async def acquire(self) -> Token:
+    async def acquire(self, job: Job[object]) -> Token:
         token = Token()
         await self.limiter.acquire_on_behalf_of(token)
         return token
 
     def release(self, token: Token) -> None:
         self.limiter.release_on_behalf_of(token)
+
+
+class ProtocolPermits(Permits):
+    """``limit=`` any :class:`~anyio_keyq.Limiter`: tokens borrowed with weight and priority.
+
+    As with a :class:`~anyio.CapacityLimiter`, every token goes back after its job,
+    with the outcome, so that a limiter that adapts sees every job.
+    """
+
+    __slots__ = ("limiter",)
+
+    reuse = False
+    shared = True
+
+    def __init__(self, limiter: Limiter) -> None:
+        self.limiter = limiter
+
+    @property
+    def total(self) -> float:  # type: ignore[override]
+        return self.limiter.total_tokens
+
+    def try_acquire(self, job: Job[object]) -> Token | None:
+        token = Token(weight_of(job))
+        try:
+            self.limiter.acquire_on_behalf_of_nowait(
+                token, weight=token.weight, priority=priority_of(job)
+            )
+        except anyio.WouldBlock:
+            return None
+        return token
+
+    async def acquire(self, job: Job[object]) -> Token:
+        token = Token(weight_of(job))
+        await self.limiter.acquire_on_behalf_of(
+            token, weight=token.weight, priority=priority_of(job)
+        )
+        return token
+
+    def release(self, token: Token) -> None:
+        self.limiter.release_on_behalf_of(token, failed=token.failed)

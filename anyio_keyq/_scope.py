@@ -13,6 +13,7 @@ import anyio
 from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
 
 from ._job import Job, JobStatus, current_job
+from ._limiters import Limiter
 from ._util import check_callable, check_positive_int, check_seconds, describe, final
 
 if TYPE_CHECKING:
@@ -67,10 +68,11 @@ class _Permit:
     while that child waits for the sibling. It goes back to the limit at zero.
     """
 
-    __slots__ = ("holders",)
+    __slots__ = ("failed", "holders")
 
     def __init__(self) -> None:
         self.holders = 1
+        self.failed = False  # how the last child run on it ended, for the limiter
 
 
 @final
@@ -112,7 +114,8 @@ class ConcurrencyScope:
     :param timeout: seconds from entering the block until its deadline (``None`` or
         ``math.inf``: no deadline)
     :param limit: the most children running at once: an int >= 1, an
-        :class:`anyio.CapacityLimiter` shared with other code, or ``None`` for no cap
+        :class:`anyio.CapacityLimiter` or :class:`Limiter` shared with other code, or
+        ``None`` for no cap
     :param fail_fast: whether the first failure cancels everything and is raised
         (``True``), or every failure is kept in its handle (``False``)
     """
@@ -148,12 +151,12 @@ class ConcurrencyScope:
         self,
         *,
         timeout: float | None = None,
-        limit: int | anyio.CapacityLimiter | None = None,
+        limit: int | anyio.CapacityLimiter | Limiter | None = None,
         fail_fast: bool = True,
     ) -> None:
         seconds = None if timeout is None else check_seconds("timeout", timeout, allow_zero=False)
         self._timeout = None if seconds == math.inf else seconds
-        self._limiter = limit if isinstance(limit, anyio.CapacityLimiter) else None
+        self._limiter = None if limit is None or isinstance(limit, int) else limit
         self._total = _check_limit(limit)
         self._limit = limit
         self._fail_fast = _check_bool("fail_fast", fail_fast)
@@ -415,6 +418,7 @@ class ConcurrencyScope:
         self._running -= 1
         if permit is not None:
             del self._held[job]
+            permit.failed = job._status is _FAILED
             self._release(permit)
             self._kick()
         self._check_idle()
@@ -465,7 +469,10 @@ class ConcurrencyScope:
             return
         if self._limiter is not None:
             # Back to the limiter, which hands it to its first waiter: ours or not.
-            self._limiter.release_on_behalf_of(permit)
+            if isinstance(self._limiter, anyio.CapacityLimiter):
+                self._limiter.release_on_behalf_of(permit)
+            else:
+                self._limiter.release_on_behalf_of(permit, failed=permit.failed)
         else:
             self._in_use -= 1
 
@@ -609,7 +616,7 @@ class ConcurrencyScope:
         return self._timeout
 
     @property
-    def limit(self) -> int | anyio.CapacityLimiter | None:
+    def limit(self) -> int | anyio.CapacityLimiter | Limiter | None:
         """The ``limit`` the scope was created with."""
         return self._limit
 
@@ -649,11 +656,11 @@ class ConcurrencyScope:
 
 def _check_limit(limit: object) -> float:
     """Return the number of permits *limit* stands for (a limiter counts its own)."""
-    if limit is None or isinstance(limit, anyio.CapacityLimiter):
+    if limit is None or isinstance(limit, anyio.CapacityLimiter | Limiter):
         return math.inf
     if isinstance(limit, bool) or not isinstance(limit, int):
         raise TypeError(
-            f"limit must be an int >= 1, an anyio.CapacityLimiter or None, got {limit!r}"
+            f"limit must be an int >= 1, an anyio.CapacityLimiter, a Limiter or None, got {limit!r}"
         )
     return check_positive_int("limit", limit)
 

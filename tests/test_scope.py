@@ -1111,7 +1111,8 @@ class TestMisuse:
             (
                 {"limit": 2.5},
                 TypeError,
-                r"^limit must be an int >= 1, an anyio.CapacityLimiter or None, got 2.5$",
+                r"^limit must be an int >= 1, an anyio.CapacityLimiter, a Limiter or None, "
+                r"got 2.5$",
             ),
             ({"limit": True}, TypeError, r"^limit must be an int >= 1, .* got True$"),
             ({"fail_fast": 1}, TypeError, r"^fail_fast must be a bool, got 1$"),

@@ -7,6 +7,7 @@ from typing import Any, assert_type
 import anyio
 
 from anyio_keyq import ConcurrencyScope, Job, JobStatus, ScopeStatistics
+from anyio_keyq._limiters import Limiter
 
 
 async def fetch(user: str, page: int) -> bytes:
@@ -34,7 +35,8 @@ async def check() -> None:
         later = scope.spawn(fetch, "ann", 1)
     assert_type(later.result(), bytes)
     assert_type(
-        ConcurrencyScope(limit=anyio.CapacityLimiter(3)).limit, int | anyio.CapacityLimiter | None
+        ConcurrencyScope(limit=anyio.CapacityLimiter(3)).limit,
+        int | anyio.CapacityLimiter | Limiter | None,
     )
 
     scope.spawn(fetch, "ann")  # type: ignore[arg-type]
