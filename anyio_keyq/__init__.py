@@ -12,6 +12,11 @@ from ._job import JobStatus as JobStatus
 from ._lanes import KeyedLanes as KeyedLanes
 from ._lanes import LanesStatistics as LanesStatistics
 from ._lanes import TaskSpawner as TaskSpawner
+from ._limiters import Limiter as Limiter
+from ._limiters import PriorityLimiter as PriorityLimiter
+from ._limiters import PriorityLimiterStatistics as PriorityLimiterStatistics
+from ._limiters import WeightedLimiter as WeightedLimiter
+from ._limiters import WeightedLimiterStatistics as WeightedLimiterStatistics
 from ._util import fixup_module_metadata as _fixup_module_metadata
 
 __all__ = (
@@ -23,7 +28,12 @@ __all__ = (
     "LaneFull",
     "LanesClosed",
     "LanesStatistics",
+    "Limiter",
+    "PriorityLimiter",
+    "PriorityLimiterStatistics",
     "TaskSpawner",
+    "WeightedLimiter",
+    "WeightedLimiterStatistics",
     "amap",
     "batched",
     "keyed_amap",
