@@ -23,13 +23,26 @@ def test_public_objects_report_the_public_module(name: str) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    [n for n in anyio_keyq.__all__ if n in ("Job", "KeyedLanes", "LanesStatistics")],
+    [
+        "Job",
+        "KeyedLanes",
+        "LanesStatistics",
+        "PriorityLimiter",
+        "PriorityLimiterStatistics",
+        "WeightedLimiter",
+        "WeightedLimiterStatistics",
+    ],
 )
 def test_concrete_classes_refuse_subclassing(name: str) -> None:
     cls = getattr(anyio_keyq, name)
     assert inspect.isclass(cls)
     with pytest.raises(TypeError, match="does not support subclassing"):
         type("Sub", (cls,), {})
+
+
+def test_limiters_implement_the_protocol() -> None:
+    assert isinstance(anyio_keyq.WeightedLimiter(1), anyio_keyq.Limiter)
+    assert isinstance(anyio_keyq.PriorityLimiter(1), anyio_keyq.Limiter)
 
 
 def test_exception_hierarchy() -> None:
