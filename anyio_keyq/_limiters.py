@@ -558,9 +558,10 @@ class PriorityLimiter(_QueuedLimiter):
     **Aging.** Strict priorities can starve the worse ones forever under a steady load of
     better ones. With ``aging=seconds``, a waiter's priority improves continuously, by
     one level per *aging* seconds waited: a request of priority 5 that has waited 30
-    seconds with ``aging=10`` ranks like a new request of priority 2, and goes before
-    it if it came first. Equivalently, waiters are served in the order of ``priority *
-    aging + arrival time``, which keeps the queue exact without ever re-sorting it.
+    seconds with ``aging=10`` ranks like a request of priority 2 arriving now, and is
+    served before it (it came first). Equivalently, waiters are served in the order of
+    ``priority * aging + arrival time``, which keeps the queue exact without ever
+    re-sorting it.
 
     A borrower holds at most one permit at a time: acquiring again before releasing, as
     in nested ``async with limiter.acquire():`` blocks of one task, raises

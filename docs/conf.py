@@ -123,7 +123,14 @@ html_static_path: list[str] = []
 # -- Local tweaks -----------------------------------------------------------------------
 
 #: Classes that only the library instantiates: their constructor is not public API.
-_NO_SIGNATURE = {"anyio_keyq.Job", "anyio_keyq.LanesStatistics", "anyio_keyq.TaskSpawner"}
+_NO_SIGNATURE = {
+    "anyio_keyq.Job",
+    "anyio_keyq.LanesStatistics",
+    "anyio_keyq.Limiter",
+    "anyio_keyq.PriorityLimiterStatistics",
+    "anyio_keyq.TaskSpawner",
+    "anyio_keyq.WeightedLimiterStatistics",
+}
 
 
 def _hide_private_constructors(
