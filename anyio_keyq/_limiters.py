@@ -259,9 +259,11 @@ class _QueuedLimiter:
     ) -> None:
         """Take a permit of *weight* for *borrower*, waiting for one if needed.
 
-        This is a checkpoint, even when the permit is free. If the call is cancelled,
-        *borrower* holds nothing and waits for nothing, and a permit granted to it in
-        the same instant passes on to the next waiter.
+        This is a checkpoint, even when the permit is free. If it raises (cancelled,
+        say), *borrower* holds nothing and waits for nothing, and a permit granted to it
+        in the same instant passes on to the next waiter. If it returns, *borrower*
+        holds the permit, even if its scope was cancelled once the permit was granted:
+        the cancellation is then raised at the next checkpoint.
 
         :param borrower: any hashable object, held by one holder only; release the
             permit with the same object
@@ -383,6 +385,11 @@ class _Acquire:
         self._borrower: object = None
 
     async def __aenter__(self) -> None:
+        if self._borrower is not None:
+            raise RuntimeError(
+                "this limiter.acquire() context manager is already in use: call "
+                "limiter.acquire() for each 'async with'"
+            )
         borrower = anyio.get_current_task()
         await self._limiter.acquire_on_behalf_of(
             borrower, weight=self._weight, priority=self._priority
@@ -395,7 +402,8 @@ class _Acquire:
         exc_val: BaseException | None,
         exc_tb: TracebackType | None,
     ) -> None:
-        self._limiter.release_on_behalf_of(self._borrower)
+        borrower, self._borrower = self._borrower, None
+        self._limiter.release_on_behalf_of(borrower)
 
 
 class _Held:

@@ -589,6 +589,25 @@ class TestOwnLimiters:
         assert holders(limiter) == ["behind"]  # nothing given back twice
         drain(limiter)
 
+    async def test_an_acquire_context_manager_is_used_by_one_block_at_a_time(
+        self, cls: type[Any]
+    ) -> None:
+        limiter = cls(2)
+        acquire = limiter.acquire()
+        async with acquire:
+            with pytest.raises(
+                RuntimeError,
+                match=(
+                    r"^this limiter\.acquire\(\) context manager is already in use: call "
+                    r"limiter\.acquire\(\) for each 'async with'$"
+                ),
+            ):
+                async with acquire:
+                    pass  # pragma: no cover
+        async with acquire:  # reusable once left
+            assert limiter.statistics().borrowed_tokens == 1
+        assert_idle(limiter)
+
     async def test_acquire_releases_on_error(self, cls: type[Any]) -> None:
         limiter = cls(1)
         with pytest.raises(ZeroDivisionError):
