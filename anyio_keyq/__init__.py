@@ -14,6 +14,11 @@ from ._job import JobStatus as JobStatus
 from ._lanes import KeyedLanes as KeyedLanes
 from ._lanes import LanesStatistics as LanesStatistics
 from ._lanes import TaskSpawner as TaskSpawner
+from ._limiters import Limiter as Limiter
+from ._limiters import PriorityLimiter as PriorityLimiter
+from ._limiters import PriorityLimiterStatistics as PriorityLimiterStatistics
+from ._limiters import WeightedLimiter as WeightedLimiter
+from ._limiters import WeightedLimiterStatistics as WeightedLimiterStatistics
 from ._rate import RateLimiter as RateLimiter
 from ._rate import RateLimiterStatistics as RateLimiterStatistics
 from ._scope import ConcurrencyScope as ConcurrencyScope
@@ -32,10 +37,15 @@ __all__ = (
     "LaneFull",
     "LanesClosed",
     "LanesStatistics",
+    "Limiter",
+    "PriorityLimiter",
+    "PriorityLimiterStatistics",
     "RateLimiter",
     "RateLimiterStatistics",
     "ScopeStatistics",
     "TaskSpawner",
+    "WeightedLimiter",
+    "WeightedLimiterStatistics",
     "amap",
     "batched",
     "keyed_amap",

@@ -133,9 +133,12 @@ _NO_SIGNATURE = {
     "anyio_keyq.AdaptiveLimiterStatistics",
     "anyio_keyq.Job",
     "anyio_keyq.LanesStatistics",
+    "anyio_keyq.Limiter",
+    "anyio_keyq.PriorityLimiterStatistics",
     "anyio_keyq.RateLimiterStatistics",
     "anyio_keyq.ScopeStatistics",
     "anyio_keyq.TaskSpawner",
+    "anyio_keyq.WeightedLimiterStatistics",
 }
 
 

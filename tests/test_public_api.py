@@ -28,9 +28,13 @@ FINAL_CLASSES = (
     "Job",
     "KeyedLanes",
     "LanesStatistics",
+    "PriorityLimiter",
+    "PriorityLimiterStatistics",
     "RateLimiter",
     "RateLimiterStatistics",
     "ScopeStatistics",
+    "WeightedLimiter",
+    "WeightedLimiterStatistics",
 )
 
 
@@ -41,6 +45,11 @@ def test_concrete_classes_refuse_subclassing(name: str) -> None:
     assert inspect.isclass(cls)
     with pytest.raises(TypeError, match="does not support subclassing"):
         type("Sub", (cls,), {})
+
+
+def test_limiters_implement_the_protocol() -> None:
+    assert isinstance(anyio_keyq.WeightedLimiter(1), anyio_keyq.Limiter)
+    assert isinstance(anyio_keyq.PriorityLimiter(1), anyio_keyq.Limiter)
 
 
 def test_exception_hierarchy() -> None:

@@ -6,8 +6,7 @@ from typing import Any, assert_type
 
 import anyio
 
-from anyio_keyq import ConcurrencyScope, Job, JobStatus, ScopeStatistics
-from anyio_keyq._limiters import Limiter
+from anyio_keyq import ConcurrencyScope, Job, JobStatus, Limiter, ScopeStatistics
 
 
 async def fetch(user: str, page: int) -> bytes:
