@@ -111,6 +111,53 @@ class PriorityLimiterStatistics:
     waiting_by_priority: tuple[tuple[float, int], ...]
 
 
+# -- the rules every limiter of this package shares -------------------------------------
+#
+# The limiters check a request and word their errors alike, so that the shared contract of
+# tests/test_limiters.py pins one wording for all of them (AdaptiveLimiter included).
+
+
+def _check_weight(
+    weight: object, total: int, hint: str = "such a permit could never be granted"
+) -> int:
+    """Return *weight* if it is an int from 1 to *total*; *hint* ends the error message."""
+    weight = check_positive_int("weight", weight)
+    if weight > total:
+        raise ValueError(f"weight must be <= total_tokens ({total}), got {weight}: {hint}")
+    return weight
+
+
+def _check_priority(priority: object) -> float:
+    if isinstance(priority, bool) or not isinstance(priority, int | float):
+        raise TypeError(f"priority must be a number, got {priority!r}")
+    if math.isnan(priority):
+        raise ValueError(f"priority must not be NaN, got {priority!r}")
+    return priority
+
+
+def _check_borrower(limiter: object, borrower: object, *, holds: bool, waits: bool) -> None:
+    """Refuse a second permit, or a second wait, for one *borrower* of *limiter*."""
+    if holds:
+        raise RuntimeError(
+            f"{borrower!r} already holds a permit of this {type(limiter).__name__}: "
+            f"release it before acquiring again (acquiring one limiter twice in one "
+            f"task, as with nested 'async with limiter.acquire()', would deadlock)"
+        )
+    if waits:
+        raise RuntimeError(
+            f"{borrower!r} is already waiting for a permit of this "
+            f"{type(limiter).__name__}: use one borrower object per holder"
+        )
+
+
+def _no_permit(limiter: object, borrower: object) -> RuntimeError:
+    """The error of releasing a permit that *borrower* does not hold."""
+    return RuntimeError(
+        f"{borrower!r} holds no permit of this {type(limiter).__name__}: "
+        f"release only what was acquired, once, with the same borrower"
+    )
+
+
 # -- the shared engine ------------------------------------------------------------------
 
 
@@ -130,24 +177,6 @@ class _Waiter:
         self.granted = False
         #: Left the queue while still in the heap (lazy deletion of PriorityLimiter).
         self.removed = False
-
-
-def _check_weight(weight: object, total: int) -> int:
-    weight = check_positive_int("weight", weight)
-    if weight > total:
-        raise ValueError(
-            f"weight must be <= total_tokens ({total}), got {weight}: "
-            f"such a permit could never be granted"
-        )
-    return weight
-
-
-def _check_priority(priority: object) -> float:
-    if isinstance(priority, bool) or not isinstance(priority, int | float):
-        raise TypeError(f"priority must be a number, got {priority!r}")
-    if math.isnan(priority):
-        raise ValueError(f"priority must not be NaN, got {priority!r}")
-    return priority
 
 
 class _QueuedLimiter:
@@ -313,10 +342,7 @@ class _QueuedLimiter:
         try:
             weight = self._holders.pop(borrower)
         except KeyError:
-            raise RuntimeError(
-                f"{borrower!r} holds no permit of this {type(self).__name__}: "
-                f"release only what was acquired, once, with the same borrower"
-            ) from None
+            raise _no_permit(self, borrower) from None
         self._borrowed -= weight
         self._wake()
 
@@ -325,17 +351,9 @@ class _QueuedLimiter:
     def _check(self, borrower: object, weight: object, priority: object) -> int:
         checked = _check_weight(weight, self._total)
         _check_priority(priority)
-        if borrower in self._holders:
-            raise RuntimeError(
-                f"{borrower!r} already holds a permit of this {type(self).__name__}: "
-                f"release it before acquiring again (acquiring one limiter twice in one "
-                f"task, as with nested 'async with limiter.acquire()', would deadlock)"
-            )
-        if self._is_waiting(borrower):
-            raise RuntimeError(
-                f"{borrower!r} is already waiting for a permit of this "
-                f"{type(self).__name__}: use one borrower object per holder"
-            )
+        _check_borrower(
+            self, borrower, holds=borrower in self._holders, waits=self._is_waiting(borrower)
+        )
         return checked
 
     def _grant(self, borrower: object, weight: int) -> None:
