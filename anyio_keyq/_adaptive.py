@@ -12,6 +12,7 @@ from typing import Final
 import anyio
 from anyio.lowlevel import cancel_shielded_checkpoint, checkpoint_if_cancelled
 
+from ._limiters import _check_borrower, _check_priority, _check_weight, _no_permit
 from ._util import check_bound, check_positive_int, check_positive_number, check_seconds, final
 
 #: How many changes of the limit :attr:`AdaptiveLimiter.history` keeps.
@@ -21,10 +22,14 @@ HISTORY_SIZE: Final = 1000
 _SUCCESS: Final = 0
 _FAILURE: Final = 1
 _NEUTRAL: Final = 2  # cancelled: says nothing about the downstream
+_SLOW: Final = 3  # a success slower than latency_target: a sign of congestion
 
 
 class _Holding:
-    """A permit held: its weight, when it was granted, and in which decrease epoch."""
+    """A permit held: its weight, when it was granted, and in which decrease epoch.
+
+    ``since`` is read from the clock only with a ``latency_target`` (it is 0 otherwise).
+    """
 
     __slots__ = ("epoch", "since", "weight")
 
@@ -58,7 +63,9 @@ class AdaptiveLimiterStatistics:
     #: The weight of the permits held now (it can exceed ``total_tokens`` for a while
     #: after the limit was lowered).
     borrowed_tokens: int
-    #: Permits held now.
+    #: The borrowers holding a permit, in the order they got it.
+    borrowers: tuple[object, ...]
+    #: Permits held now: ``len(borrowers)``.
     holders: int
     #: Tasks waiting for a permit.
     waiting: int
@@ -122,6 +129,11 @@ class AdaptiveLimiter:
     trace, even if a permit was granted to it in the same instant. A holder cancelled
     inside ``async with limiter.acquire():`` gives its permit back with no outcome:
     the cancellation says nothing about the downstream.
+
+    The limiter can be created before an event loop runs, and used outside one as long
+    as it needs no clock: it reads the event loop's clock only to time a permit (with a
+    ``latency_target``) and to stamp a change of the limit in :attr:`history`. A call
+    that needs the clock where there is none raises, and changes nothing.
 
     :param initial: the limit to start from, between *min* and *max*
     :param min: the lowest the limit goes (an int >= 1)
@@ -232,15 +244,16 @@ class AdaptiveLimiter:
 
         :param borrower: the holder of the permit: any hashable object, unique to it
         :param weight: how much of the limit the permit takes
-        :param priority: ignored: waiters are served first come, first served
+        :param priority: ignored: waiters are served first come, first served (it is
+            checked to be a number, as by every limiter of this package)
         :raises anyio.WouldBlock: if the limit has no room or other tasks are waiting
         :raises ValueError: if *weight* exceeds :attr:`total_tokens`
         :raises RuntimeError: if *borrower* already holds or waits for a permit
         """
-        weight = self._check_acquire(borrower, weight)
+        weight = self._check_acquire(borrower, weight, priority)
         if self._waiters or not self._fits(weight):
             raise anyio.WouldBlock
-        self._grant(borrower, weight, anyio.current_time())
+        self._grant(borrower, weight, self._grant_time())
 
     async def acquire_on_behalf_of(
         self, borrower: object, /, *, weight: int = 1, priority: float = 0
@@ -252,15 +265,16 @@ class AdaptiveLimiter:
 
         :param borrower: the holder of the permit: any hashable object, unique to it
         :param weight: how much of the limit the permit takes
-        :param priority: ignored: waiters are served first come, first served
+        :param priority: ignored: waiters are served first come, first served (it is
+            checked to be a number, as by every limiter of this package)
         :raises ValueError: if *weight* exceeds :attr:`total_tokens`
         :raises RuntimeError: if *borrower* already holds or waits for a permit (at
             once, instead of waiting for itself forever)
         """
-        weight = self._check_acquire(borrower, weight)
+        weight = self._check_acquire(borrower, weight, priority)
         await checkpoint_if_cancelled()
         if not self._waiters and self._fits(weight):
-            self._grant(borrower, weight, anyio.current_time())
+            self._grant(borrower, weight, self._grant_time())
             try:
                 await cancel_shielded_checkpoint()
             except BaseException:  # pragma: no cover - only KeyboardInterrupt lands here
@@ -293,7 +307,7 @@ class AdaptiveLimiter:
 
     # -- for tasks ---------------------------------------------------------------------
 
-    def acquire(self, *, weight: int = 1) -> AbstractAsyncContextManager[None]:
+    def acquire(self, weight: int = 1) -> AbstractAsyncContextManager[None]:
         """Hold a permit for the current task for the duration of an ``async with``.
 
         Entering is a checkpoint: it waits for a permit, first come, first served.
@@ -308,18 +322,29 @@ class AdaptiveLimiter:
         a scope around the block cancels it, which tells nothing. To count outcomes
         yourself, use :meth:`acquire_on_behalf_of` and :meth:`release_on_behalf_of`.
 
+        :param weight: how much of the limit the permit takes
         :raises RuntimeError: on entry, if the task already holds a permit of this
             limiter: one task, one permit
+        :raises ValueError: on entry, if *weight* exceeds :attr:`total_tokens`
         """
         return _Acquire(self, weight)
 
-    def acquire_nowait(self, *, weight: int = 1) -> AbstractContextManager[None]:
+    def acquire_nowait(self, weight: int = 1) -> AbstractContextManager[None]:
         """Like :meth:`acquire`, without waiting: for a plain ``with`` block.
 
-        Entering raises :exc:`anyio.WouldBlock` if no permit is free now, or if other
-        tasks are waiting. Neither entering nor leaving blocks.
+        The permit is taken by the call itself (not on entering the block), and given
+        back with the outcome of the block when it is left. Not a checkpoint; never
+        blocks.
+
+        :param weight: how much of the limit the permit takes
+        :raises ~anyio.WouldBlock: if no permit is free now, or if other tasks are
+            waiting
+        :raises RuntimeError: if the current task already holds a permit of this limiter
+        :raises ValueError: if *weight* exceeds :attr:`total_tokens`
         """
-        return _AcquireNowait(self, weight)
+        borrower = anyio.get_current_task()
+        self.acquire_on_behalf_of_nowait(borrower, weight=weight)
+        return _Held(self, borrower)
 
     # -- introspection -----------------------------------------------------------------
 
@@ -329,6 +354,7 @@ class AdaptiveLimiter:
             limit=self._limit,
             total_tokens=int(self._limit),
             borrowed_tokens=self._in_use,
+            borrowers=tuple(self._holders),
             holders=len(self._holders),
             waiting=len(self._waiters),
             acquired=self._acquired,
@@ -347,96 +373,93 @@ class AdaptiveLimiter:
 
     # -- bookkeeping (all synchronous) -------------------------------------------------
 
-    def _check_acquire(self, borrower: object, weight: object) -> int:
-        checked = check_positive_int("weight", weight)
-        total = int(self._limit)
-        if checked > total:
-            raise ValueError(
-                f"weight must be <= total_tokens ({total}), the current limit, got {checked}"
-            )
-        if borrower in self._holders:
-            raise RuntimeError(
-                "this borrower already holds a permit of this AdaptiveLimiter: release it "
-                "before acquiring another"
-            )
-        if borrower in self._waiters:
-            raise RuntimeError("this borrower is already waiting for a permit of this limiter")
+    def _check_acquire(self, borrower: object, weight: object, priority: object) -> int:
+        limit = self._limit
+        checked = _check_weight(
+            weight, int(limit), f"total_tokens is the current limit ({limit:.6g}) rounded down"
+        )
+        _check_priority(priority)
+        _check_borrower(
+            self, borrower, holds=borrower in self._holders, waits=borrower in self._waiters
+        )
         return checked
 
     def _fits(self, weight: int) -> bool:
         # A permit heavier than a lowered limit goes in alone, not never.
         return not self._in_use or self._in_use + weight <= int(self._limit)
 
-    def _grant(self, borrower: object, weight: int, now: float) -> None:
-        self._holders[borrower] = _Holding(weight, now, self._epoch)
+    def _grant_time(self) -> float:
+        # The clock is read only when a latency target needs it, so that a limiter
+        # without one works outside an event loop too (anyio has no clock there).
+        return 0.0 if self._latency_target is None else anyio.current_time()
+
+    def _grant(self, borrower: object, weight: int, since: float) -> None:
+        self._holders[borrower] = _Holding(weight, since, self._epoch)
         self._in_use += weight
         self._acquired += 1
 
     def _wake(self) -> None:
         """Grant permits to the waiters, first come first served, while there is room."""
         waiters = self._waiters
-        now: float | None = None
+        since: float | None = None
         while waiters:
             borrower = next(iter(waiters))
             waiter = waiters[borrower]
             if not self._fits(waiter.weight):
                 break
             del waiters[borrower]
-            if now is None:
-                now = anyio.current_time()
-            self._grant(borrower, waiter.weight, now)
+            if since is None:
+                since = self._grant_time()
+            self._grant(borrower, waiter.weight, since)
             waiter.granted = True
             waiter.event.set()
 
     def _release(self, borrower: object, outcome: int) -> None:
-        try:
-            holding = self._holders.pop(borrower)
-        except KeyError:
-            raise RuntimeError(
-                "this borrower does not hold a permit of this AdaptiveLimiter"
-            ) from None
-        in_flight = self._in_use
+        holding = self._holders.get(borrower)
+        if holding is None:
+            raise _no_permit(self, borrower)
+        # First decide, reading the clock only if needed (for the latency, or to stamp a
+        # change of the limit in the history); then change the state, which cannot fail.
+        now: float | None = None
+        target = self._latency_target
+        if outcome == _SUCCESS and target is not None:
+            now = anyio.current_time()
+            if now - holding.since > target:
+                outcome = _SLOW
+        limit = new = self._limit
+        # a permit granted before the last cut does not cut again: that cut was for it
+        cut = outcome in (_FAILURE, _SLOW) and holding.epoch == self._epoch
+        if cut:
+            new = limit * self._decrease
+            if new < self._min:
+                new = self._min
+        elif outcome == _SUCCESS and 2 * self._in_use >= limit:  # at least half used
+            new = limit + self._increase * holding.weight / limit
+            if new > self._max:
+                new = self._max
+        if new != limit and now is None:
+            now = anyio.current_time()
+
+        del self._holders[borrower]
         self._in_use -= holding.weight
         if outcome == _SUCCESS:
             self._succeeded += 1
-            target = self._latency_target
-            now = anyio.current_time()
-            if target is not None and now - holding.since > target:
-                self._slow += 1
-                self._congestion(holding, now)
-            elif 2 * in_flight >= self._limit:
-                self._grow(holding.weight, now)
+        elif outcome == _SLOW:
+            self._succeeded += 1
+            self._slow += 1
         elif outcome == _FAILURE:
             self._failed += 1
-            self._congestion(holding, anyio.current_time())
         else:
             self._neutral += 1
+        if cut:
+            self._epoch += 1
+            self._decreases += 1
+        if new != limit:
+            assert now is not None
+            self._limit = new
+            self._history.append((now, new))
         if self._waiters:
             self._wake()
-
-    def _grow(self, weight: int, now: float) -> None:
-        limit = self._limit
-        new = limit + self._increase * weight / limit
-        if new > self._max:
-            new = self._max
-        if new != limit:
-            self._set_limit(new, now)
-
-    def _congestion(self, holding: _Holding, now: float) -> None:
-        if holding.epoch != self._epoch:
-            return  # granted before the last cut: that cut was for this trouble
-        self._epoch += 1
-        self._decreases += 1
-        limit = self._limit
-        new = limit * self._decrease
-        if new < self._min:
-            new = self._min
-        if new != limit:
-            self._set_limit(new, now)
-
-    def _set_limit(self, limit: float, now: float) -> None:
-        self._limit = limit
-        self._history.append((now, limit))
 
 
 def _outcome(exc: BaseException | None) -> int:
@@ -467,18 +490,17 @@ class _Acquire(AbstractAsyncContextManager[None]):
         self._limiter._release(self._borrower, _outcome(exc_val))
 
 
-class _AcquireNowait(AbstractContextManager[None]):
-    __slots__ = ("_borrower", "_limiter", "_weight")
+class _Held(AbstractContextManager[None]):
+    """``with limiter.acquire_nowait():`` a permit already taken, given back on exit."""
 
-    def __init__(self, limiter: AdaptiveLimiter, weight: int) -> None:
+    __slots__ = ("_borrower", "_limiter")
+
+    def __init__(self, limiter: AdaptiveLimiter, borrower: object) -> None:
         self._limiter = limiter
-        self._weight = weight
-        self._borrower: object = None
+        self._borrower = borrower
 
     def __enter__(self) -> None:
-        borrower = anyio.get_current_task()
-        self._limiter.acquire_on_behalf_of_nowait(borrower, weight=self._weight)
-        self._borrower = borrower
+        return None
 
     def __exit__(
         self,

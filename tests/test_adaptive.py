@@ -490,12 +490,13 @@ class TestCheckpoints:
 class TestMisuse:
     async def test_one_task_one_permit(self) -> None:
         limiter = AdaptiveLimiter(5)
+        held = r" already holds a permit of this AdaptiveLimiter: release it before acquiring again"
         async with limiter.acquire():
-            with pytest.raises(RuntimeError, match="^this borrower already holds a permit"):
+            with pytest.raises(RuntimeError, match=held):
                 async with limiter.acquire():
                     pytest.fail("entered")  # pragma: no cover
-            with pytest.raises(RuntimeError, match="^this borrower already holds a permit"):
-                limiter.acquire_nowait().__enter__()
+            with pytest.raises(RuntimeError, match=held):
+                limiter.acquire_nowait()
         assert limiter.statistics().failed == 0  # the refused entry counted for nothing
         assert_idle(limiter)
 
@@ -508,9 +509,13 @@ class TestMisuse:
             limiter.acquire_on_behalf_of_nowait("b")
         async with anyio.create_task_group() as tg:
             await start_waiter(tg, limiter, "w")
-            with pytest.raises(RuntimeError, match="^this borrower is already waiting"):
+            waiting = (
+                r"^'w' is already waiting for a permit of this AdaptiveLimiter: use one "
+                r"borrower object per holder$"
+            )
+            with pytest.raises(RuntimeError, match=waiting):
                 await limiter.acquire_on_behalf_of("w")
-            with pytest.raises(RuntimeError, match="^this borrower is already waiting"):
+            with pytest.raises(RuntimeError, match=waiting):
                 limiter.acquire_on_behalf_of_nowait("w")
             limiter.release_on_behalf_of("b")
         limiter.release_on_behalf_of("w")
@@ -519,14 +524,22 @@ class TestMisuse:
     async def test_release_what_is_not_held(self) -> None:
         limiter = AdaptiveLimiter(1)
         with pytest.raises(
-            RuntimeError, match="^this borrower does not hold a permit of this AdaptiveLimiter$"
+            RuntimeError,
+            match=(
+                r"^'nobody' holds no permit of this AdaptiveLimiter: release only what was "
+                r"acquired, once, with the same borrower$"
+            ),
         ):
             limiter.release_on_behalf_of("nobody")
 
     async def test_weight(self) -> None:
         limiter = AdaptiveLimiter(3.5, max=10)
         with pytest.raises(
-            ValueError, match=r"^weight must be <= total_tokens \(3\), the current limit, got 4$"
+            ValueError,
+            match=(
+                r"^weight must be <= total_tokens \(3\), got 4: total_tokens is the current "
+                r"limit \(3\.5\) rounded down$"
+            ),
         ):
             limiter.acquire_on_behalf_of_nowait("b", weight=4)
         with pytest.raises(ValueError, match=r"^weight must be <= total_tokens \(3\)"):
@@ -537,6 +550,25 @@ class TestMisuse:
             limiter.acquire_on_behalf_of_nowait("b", weight=1.0)  # type: ignore[arg-type]
         limiter.acquire_on_behalf_of_nowait("b", weight=3, priority=-5)  # priority: ignored
         assert_balanced(limiter.statistics())
+
+    @pytest.mark.parametrize(
+        ("priority", "error", "message"),
+        [
+            ("high", TypeError, "priority must be a number, got 'high'"),
+            (None, TypeError, "priority must be a number, got None"),
+            (math.nan, ValueError, "priority must not be NaN, got nan"),
+        ],
+    )
+    async def test_priority_is_ignored_but_checked(
+        self, priority: Any, error: type[Exception], message: str
+    ) -> None:
+        # as by every limiter of the package, so that a call works with any of them
+        limiter = AdaptiveLimiter(2)
+        with pytest.raises(error, match=f"^{re.escape(message)}$"):
+            limiter.acquire_on_behalf_of_nowait("a", priority=priority)
+        with pytest.raises(error, match=f"^{re.escape(message)}$"):
+            await limiter.acquire_on_behalf_of("a", priority=priority)
+        assert_idle(limiter)
 
     @pytest.mark.parametrize(
         ("kwargs", "error", "message"),
@@ -600,6 +632,29 @@ class TestIntrospection:
         assert limiter.total_tokens == 2
         assert isinstance(limiter.total_tokens, int)
 
+    def test_outside_an_event_loop(self) -> None:
+        # Without a latency target, the clock is read only to stamp a change of the limit
+        # in the history: while the limit stays put, no event loop is needed.
+        limiter = AdaptiveLimiter(1, max=1)
+        limiter.acquire_on_behalf_of_nowait("a")
+        limiter.release_on_behalf_of("a", failed=True)  # already at min
+        limiter.acquire_on_behalf_of_nowait("b")
+        limiter.release_on_behalf_of("b")  # already at max
+        stats = limiter.statistics()
+        assert (stats.succeeded, stats.failed, limiter.history) == (1, 1, ())
+        # A release that would move the limit needs the clock: it raises, changing nothing.
+        limiter = AdaptiveLimiter(4)
+        limiter.acquire_on_behalf_of_nowait("a")
+        with pytest.raises(RuntimeError):  # no event loop, hence no clock
+            limiter.release_on_behalf_of("a", failed=True)
+        stats = limiter.statistics()
+        assert (stats.limit, stats.borrowers, stats.failed, stats.decreases) == (4, ("a",), 0, 0)
+        # With a latency target, taking a permit reads the clock too.
+        timed = AdaptiveLimiter(4, latency_target=1)
+        with pytest.raises(RuntimeError):
+            timed.acquire_on_behalf_of_nowait("a")
+        assert_idle(timed)
+
     def test_repr_needs_no_event_loop(self) -> None:
         assert re.fullmatch(
             r"<anyio_keyq\.AdaptiveLimiter at 0x[0-9a-f]+: limit 2\.5, 0 borrowed, 0 waiting>",
@@ -612,6 +667,7 @@ class TestIntrospection:
             limit=3.0,
             total_tokens=3,
             borrowed_tokens=0,
+            borrowers=(),
             holders=0,
             waiting=0,
             acquired=0,
@@ -627,6 +683,7 @@ class TestIntrospection:
             await start_waiter(tg, limiter, "c")
             stats = limiter.statistics()
             assert (stats.borrowed_tokens, stats.holders, stats.waiting) == (3, 2, 1)
+            assert stats.borrowers == ("a", "b")
             limiter.release_on_behalf_of("a", failed=True)  # 1.5: "c" still waits
             assert limiter.statistics().waiting == 1
             limiter.release_on_behalf_of("b")  # 1.5 + 1 / 1.5: "c" goes in
@@ -636,6 +693,7 @@ class TestIntrospection:
             limit=1.5 + 1 / 1.5,
             total_tokens=2,
             borrowed_tokens=0,
+            borrowers=(),
             holders=0,
             waiting=0,
             acquired=3,

@@ -47,5 +47,8 @@ async def check_adaptive() -> None:
     limiter.release_on_behalf_of("b", failed=True)
     AdaptiveLimiter(10, 2)  # type: ignore[call-arg]
     limiter.release_on_behalf_of("b", True)  # type: ignore[call-arg]
-    async with limiter.acquire(2):  # type: ignore[call-arg]
+    async with limiter.acquire(2):  # weight, positional as for every limiter
         pass
+    with limiter.acquire_nowait(weight=2):
+        pass
+    limiter.acquire(weight="2")  # type: ignore[arg-type]
