@@ -19,6 +19,7 @@ import anyio
 import pytest
 
 from anyio_keyq import (
+    AdaptiveLimiter,
     Limiter,
     PriorityLimiter,
     PriorityLimiterStatistics,
@@ -36,11 +37,18 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.anyio
 
+
+def pinned_adaptive_limiter(total: int) -> AdaptiveLimiter:
+    """An AdaptiveLimiter whose limit stays at *total*: outcomes don't move it."""
+    return AdaptiveLimiter(total, min=total, max=total)
+
+
 #: Every limiter the contract holds for: ``factory(total) -> limiter``.
 LIMITERS: list[Any] = [
     pytest.param(WeightedLimiter, id="WeightedLimiter"),
     pytest.param(PriorityLimiter, id="PriorityLimiter"),
     pytest.param(functools.partial(PriorityLimiter, aging=60.0), id="PriorityLimiter-aging"),
+    pytest.param(pinned_adaptive_limiter, id="AdaptiveLimiter"),
 ]
 
 #: The limiters of this module, for their shared constructor and statistics rules.
