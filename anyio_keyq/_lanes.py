@@ -694,7 +694,10 @@ class KeyedLanes(Generic[K]):
 
     def _start(self, lane: Lane, token: Token, credit: Credit | None) -> Job[Any]:
         """Take the next queued job of *lane* and mark it running on *token*."""
-        job = self._first_queued(lane)
+        job = lane.head
+        assert job is not None
+        if job._status is not _QUEUED:  # cancelled jobs left in the queue
+            job = self._first_queued(lane)
         queue = lane.queue
         lane.head = queue.popleft() if queue else None
         job._status = _RUNNING
@@ -761,7 +764,10 @@ class KeyedLanes(Generic[K]):
                     break  # no lane may start before the global rate has a token
                 ready.popleft()  # the lane waits for its own token, holding no permit
                 continue
-            job = self._first_queued(lane)
+            job = lane.head
+            assert job is not None
+            if job._status is not _QUEUED:
+                job = self._first_queued(lane)
             if token is not None:
                 extras = job._extras
                 weight = 1 if extras is None else extras.weight
@@ -813,15 +819,11 @@ class KeyedLanes(Generic[K]):
     def _take_tokens(self, lane: Lane, now: float) -> bool:
         """Take the tokens for a job of *lane* that is about to start."""
         global_rate = self._global_rate
-        if global_rate is not None:
-            try:
-                global_rate.acquire_nowait()
-            except anyio.WouldBlock:  # other users of the limiter wait: they go first
-                self._global_at = max(
-                    global_rate.ready_at(1), now + global_rate.per / global_rate.rate
-                )
-                self._pace_at(self._global_at)
-                return False
+        if global_rate is not None and not global_rate._try_take(1, now, _SLACK):
+            # Other users of the limiter wait for tokens: they go first.
+            self._global_at = global_rate.ready_at(1)
+            self._pace_at(self._global_at)
+            return False
         rate = self._rate
         if rate is not None:
             extras = lane.extras
@@ -846,7 +848,10 @@ class KeyedLanes(Generic[K]):
         try:
             with scope:
                 while paced or self._global_at is not None:
-                    wake = min(paced[0][0] if paced else math.inf, self._global_at or math.inf)
+                    wake = min(
+                        paced[0][0] if paced else math.inf,
+                        math.inf if self._global_at is None else self._global_at,
+                    )
                     if anyio.current_time() + _SLACK < wake:
                         self._pacer_until = wake
                         with anyio.CancelScope() as self._pacer_sleep:
@@ -860,6 +865,8 @@ class KeyedLanes(Generic[K]):
                     while paced and paced[0][0] <= now:
                         self._unpace(heapq.heappop(paced)[2])
                     self._kick()
+                    # Let the limiter's own waiters, if any, take their tokens first.
+                    await checkpoint()
         except BaseException:
             self._pacer_scope = None
             self._host_gone("the task group hosting the lanes was cancelled")

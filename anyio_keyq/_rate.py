@@ -239,6 +239,18 @@ class RateLimiter:
         if waiters:
             self._promote()
 
+    def _try_take(self, n: int, now: float, slack: float) -> bool:
+        """Take *n* tokens if they are due by ``now + slack`` and nobody waits.
+
+        For :class:`~anyio_keyq.KeyedLanes`, which schedule their own wake-ups: a
+        wake-up on a virtual clock can land a hair before the instant it was set for.
+        """
+        if self._waiters or self._bucket.ready_at(n) > now + slack:
+            return False
+        self._bucket.take(n, now)
+        self._acquired += n
+        return True
+
     def _promote(self) -> None:
         """Wake the new first in line, to wait for its own instant."""
         event = self._waiters[0].event

@@ -116,3 +116,24 @@ async def test_cancelling_a_job_that_waits_for_its_rate() -> None:
 async def test_a_rate_must_be_a_rate_limiter(name: str) -> None:
     with pytest.raises(TypeError, match=f"^{name} must be a RateLimiter or None, got 10$"):
         KeyedLanes[str](**{name: 10})  # type: ignore[arg-type]
+
+
+async def test_a_global_rate_at_a_tenth_of_a_second() -> None:
+    clock = Clock()
+    async with KeyedLanes[int](global_rate=RateLimiter(10, per=1, burst=1)) as lanes:
+        for key in range(6):
+            lanes.submit_nowait(key, clock.job, key)
+    assert [clock.starts[key] for key in range(6)] == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]
+
+
+async def test_a_global_rate_with_a_burst_shared_with_a_waiting_task() -> None:
+    overall = RateLimiter(4, per=1, burst=4)
+    clock = Clock()
+    for _ in range(4):
+        await overall.acquire()
+    async with anyio.create_task_group() as tg, KeyedLanes[int](global_rate=overall) as lanes:
+        tg.start_soon(overall.acquire, 2)  # waits first: it goes first
+        await anyio.wait_all_tasks_blocked()
+        for key in range(3):
+            lanes.submit_nowait(key, clock.job, key)
+    assert [clock.starts[key] for key in range(3)] == [0.75, 1.0, 1.25]
