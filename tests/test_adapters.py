@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
-import sniffio
 from anyio.lowlevel import checkpoint
 
 from anyio_keyq import amap, batched, keyed_amap
@@ -18,6 +17,8 @@ from anyio_keyq import amap, batched, keyed_amap
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterable, Iterator
     from contextlib import AbstractAsyncContextManager
+
+from .helpers import assert_cancel_point, assert_schedule_point
 
 pytestmark = pytest.mark.anyio
 
@@ -113,36 +114,6 @@ async def double(item: int) -> int:
 
 def task_ids() -> set[int]:
     return {task.id for task in anyio.get_running_tasks()}
-
-
-async def assert_cancel_point(call: Callable[[], Any]) -> None:
-    """*call* raises cancellation inside an already-cancelled scope."""
-    with anyio.CancelScope() as scope:
-        scope.cancel()
-        await call()
-        pytest.fail("not a cancel point")  # pragma: no cover
-    assert scope.cancelled_caught
-
-
-async def assert_schedule_point(call: Callable[[], Any]) -> Any:
-    """A sibling task gets to run while *call* runs (on trio: *call* yields)."""
-    if sniffio.current_async_library() == "trio":
-        import trio.testing
-
-        with trio.testing.assert_checkpoints():
-            return await call()
-    ran = False
-
-    async def sibling() -> None:
-        nonlocal ran
-        ran = True
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(sibling)
-        assert not ran
-        result = await call()
-        assert ran
-    return result
 
 
 async def cancel_when_blocked(scope: anyio.CancelScope) -> None:

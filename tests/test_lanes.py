@@ -8,11 +8,10 @@ import math
 import re
 from collections import defaultdict
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import pytest
-import sniffio
 from anyio.lowlevel import checkpoint
 
 from anyio_keyq import (
@@ -26,8 +25,7 @@ from anyio_keyq import (
     LanesStatistics,
 )
 
-if TYPE_CHECKING:
-    from collections.abc import Callable
+from .helpers import assert_cancel_point, assert_schedule_point, boom, echo
 
 pytestmark = pytest.mark.anyio
 
@@ -66,46 +64,6 @@ def assert_balanced(stats: LanesStatistics) -> None:
         + stats.timed_out
         + stats.cancelled
     )
-
-
-async def echo(value: Any) -> Any:
-    await checkpoint()
-    return value
-
-
-async def boom(message: str) -> None:
-    await checkpoint()
-    raise ValueError(message)
-
-
-async def assert_cancel_point(call: Callable[[], Any]) -> None:
-    """*call* raises cancellation inside an already-cancelled scope."""
-    with anyio.CancelScope() as scope:
-        scope.cancel()
-        await call()
-        pytest.fail("not a cancel point")  # pragma: no cover
-    assert scope.cancelled_caught
-
-
-async def assert_schedule_point(call: Callable[[], Any]) -> None:
-    """A sibling task gets to run while *call* runs (on trio: *call* yields)."""
-    if sniffio.current_async_library() == "trio":
-        import trio.testing
-
-        with trio.testing.assert_checkpoints():
-            await call()
-        return
-    ran = False
-
-    async def sibling() -> None:
-        nonlocal ran
-        ran = True
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(sibling)
-        assert not ran
-        await call()
-        assert ran
 
 
 class TestOrderAndParallelism:

@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import anyio
 import pytest
-from anyio.lowlevel import checkpoint
 
 from anyio_keyq import KeyedLanes
 
 from .conftest import virtual_backend as anyio_backend  # noqa: F401
+from .helpers import echo
 
 pytestmark = pytest.mark.anyio
-
-
-async def echo(value: Any) -> Any:
-    await checkpoint()
-    return value
 
 
 class TestIdleTimeout:

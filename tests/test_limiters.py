@@ -28,7 +28,7 @@ from anyio_keyq import (
     _limiters,
 )
 
-from .test_lanes import assert_cancel_point, assert_schedule_point
+from .helpers import assert_cancel_point, assert_schedule_point
 
 if TYPE_CHECKING:
     from collections.abc import Callable

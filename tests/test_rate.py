@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import pytest
@@ -20,41 +20,9 @@ import sniffio
 from anyio_keyq import RateLimiter, RateLimiterStatistics
 
 from .conftest import _virtual_asyncio, _virtual_trio
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
+from .helpers import assert_cancel_point, assert_schedule_point
 
 pytestmark = pytest.mark.anyio
-
-
-async def assert_cancel_point(call: Callable[[], Any]) -> None:
-    """*call* raises cancellation inside an already-cancelled scope."""
-    with anyio.CancelScope() as scope:
-        scope.cancel()
-        await call()
-        pytest.fail("not a cancel point")  # pragma: no cover
-    assert scope.cancelled_caught
-
-
-async def assert_schedule_point(call: Callable[[], Any]) -> None:
-    """A sibling task gets to run while *call* runs (on trio: *call* yields)."""
-    if sniffio.current_async_library() == "trio":
-        import trio.testing
-
-        with trio.testing.assert_checkpoints():
-            await call()
-        return
-    ran = False
-
-    async def sibling() -> None:
-        nonlocal ran
-        ran = True
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(sibling)
-        assert not ran
-        await call()
-        assert ran
 
 
 class Recorder:

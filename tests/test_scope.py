@@ -13,7 +13,7 @@ import re
 from collections import defaultdict
 from contextvars import ContextVar
 from dataclasses import FrozenInstanceError, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import pytest
@@ -32,8 +32,7 @@ from anyio_keyq import (
     ScopeStatistics,
 )
 
-if TYPE_CHECKING:
-    from collections.abc import Callable
+from .helpers import assert_cancel_point, assert_schedule_point, boom, echo
 
 pytestmark = pytest.mark.anyio
 
@@ -85,46 +84,6 @@ def assert_balanced(stats: ScopeStatistics) -> None:
     assert stats.spawned == (
         stats.queued + stats.running + stats.completed + stats.failed + stats.cancelled
     )
-
-
-async def echo(value: Any) -> Any:
-    await checkpoint()
-    return value
-
-
-async def boom(message: str) -> None:
-    await checkpoint()
-    raise ValueError(message)
-
-
-async def assert_cancel_point(call: Callable[[], Any]) -> None:
-    """*call* raises cancellation inside an already-cancelled scope."""
-    with anyio.CancelScope() as scope:
-        scope.cancel()
-        await call()
-        pytest.fail("not a cancel point")  # pragma: no cover
-    assert scope.cancelled_caught
-
-
-async def assert_schedule_point(call: Callable[[], Any]) -> None:
-    """A sibling task gets to run while *call* runs (on trio: *call* yields)."""
-    if sniffio.current_async_library() == "trio":
-        import trio.testing
-
-        with trio.testing.assert_checkpoints():
-            await call()
-        return
-    ran = False
-
-    async def sibling() -> None:
-        nonlocal ran
-        ran = True
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(sibling)
-        assert not ran
-        await call()
-        assert ran
 
 
 class TestSpawning:
