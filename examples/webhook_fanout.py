@@ -8,7 +8,7 @@ and does not hold up the others; a destination that fails gets its error on the 
 handle, and its next events are still delivered.
 
 The HTTP client is simulated with ``anyio.sleep``. Run it with
-``python examples/webhooks.py``.
+``python examples/webhook_fanout.py``.
 """
 
 from __future__ import annotations
