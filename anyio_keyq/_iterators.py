@@ -487,6 +487,9 @@ class _Amap(_Mapped[R], Generic[T, R]):
         try:
             value = await self._fn(item)
             failed = False
+        except anyio.get_cancelled_exc_class():
+            failed = False  # cancelled, as the lanes and scopes report it: not a failure
+            raise
         finally:
             if isinstance(limiter, anyio.CapacityLimiter):
                 limiter.release_on_behalf_of(borrower)

@@ -284,3 +284,24 @@ async def test_amap_borrows_from_a_limiter_and_reports_outcomes() -> None:
     assert running[1] <= 2
     assert limiter.released.count(True) == 1
     assert limiter.used == 0
+
+
+async def test_amap_reports_a_cancelled_call_as_not_failed() -> None:
+    from anyio_keyq import amap
+
+    limiter = RecordingLimiter(1)
+    started = anyio.Event()
+
+    async def hang(item: int) -> int:
+        started.set()
+        await anyio.sleep_forever()
+        return item  # pragma: no cover
+
+    with anyio.CancelScope() as scope:
+        async with amap(hang, [1], limit=limiter) as results:
+            await started.wait()
+            scope.cancel()
+            async for _ in results:  # pragma: no cover
+                pass
+    assert limiter.released == [False]
+    assert limiter.used == 0
