@@ -23,6 +23,8 @@ from ._rate import RateLimiter as RateLimiter
 from ._rate import RateLimiterStatistics as RateLimiterStatistics
 from ._scope import ConcurrencyScope as ConcurrencyScope
 from ._scope import ScopeStatistics as ScopeStatistics
+from ._singleflight import SingleFlight as SingleFlight
+from ._singleflight import SingleFlightStatistics as SingleFlightStatistics
 from ._util import fixup_module_metadata as _fixup_module_metadata
 
 __all__ = (
@@ -43,6 +45,8 @@ __all__ = (
     "RateLimiter",
     "RateLimiterStatistics",
     "ScopeStatistics",
+    "SingleFlight",
+    "SingleFlightStatistics",
     "TaskSpawner",
     "WeightedLimiter",
     "WeightedLimiterStatistics",

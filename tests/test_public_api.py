@@ -33,6 +33,8 @@ FINAL_CLASSES = (
     "RateLimiter",
     "RateLimiterStatistics",
     "ScopeStatistics",
+    "SingleFlight",
+    "SingleFlightStatistics",
     "WeightedLimiter",
     "WeightedLimiterStatistics",
 )
