@@ -6,6 +6,7 @@ from ._exceptions import JobCancelled as JobCancelled
 from ._exceptions import LaneDeadlock as LaneDeadlock
 from ._exceptions import LaneFull as LaneFull
 from ._exceptions import LanesClosed as LanesClosed
+from ._hedge import hedge as hedge
 from ._iterators import amap as amap
 from ._iterators import batched as batched
 from ._iterators import keyed_amap as keyed_amap
@@ -52,6 +53,7 @@ __all__ = (
     "WeightedLimiterStatistics",
     "amap",
     "batched",
+    "hedge",
     "keyed_amap",
 )
 
