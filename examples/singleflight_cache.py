@@ -89,7 +89,9 @@ async def main() -> None:
         print(stats)
         assert (stats.in_flight, stats.waiting) == (0, 0)
         assert (stats.calls, stats.hits) == (4, 1)
-        assert stats.shared == 198 + 9
+        # 198 requests joined the herd's 2 queries and 9 the failed one, less any of the
+        # 4 impatient requests that ran out of time before they could join.
+        assert 198 + 9 - 4 <= stats.shared <= 198 + 9
 
 
 if __name__ == "__main__":
