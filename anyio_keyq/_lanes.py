@@ -573,7 +573,8 @@ class KeyedLanes(Generic[K]):
             timeout = self._timeout
         else:
             timeout = _job_timeout("timeout", timeout)
-        if weight != 1 or priority:
+        weighed = weight != 1 or bool(priority)
+        if weighed:
             self._check_weight(weight, priority)
         links: tuple[tuple[object, Hashable], ...] | None = None
         if what is not None:
@@ -593,7 +594,7 @@ class KeyedLanes(Generic[K]):
         if ctx == self._home:
             ctx = self._home  # one shared context instead of a copy per queued job
         job = Job(self, lane, key, fn, args, ctx, timeout, links)
-        if weight != 1 or priority:
+        if weighed:
             self._weigh(job, weight, priority)
         if lane is None:  # the job opens the lane of its key: see Lane
             job._lane = self._lanes[key] = job
