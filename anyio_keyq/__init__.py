@@ -2,9 +2,11 @@
 
 from ._adaptive import AdaptiveLimiter as AdaptiveLimiter
 from ._adaptive import AdaptiveLimiterStatistics as AdaptiveLimiterStatistics
+from ._dead_letter import DeadLetter as DeadLetter
 from ._exceptions import JobCancelled as JobCancelled
 from ._exceptions import LaneDeadlock as LaneDeadlock
 from ._exceptions import LaneFull as LaneFull
+from ._exceptions import LaneHalted as LaneHalted
 from ._exceptions import LanesClosed as LanesClosed
 from ._hedge import hedge as hedge
 from ._iterators import amap as amap
@@ -32,12 +34,14 @@ __all__ = (
     "AdaptiveLimiter",
     "AdaptiveLimiterStatistics",
     "ConcurrencyScope",
+    "DeadLetter",
     "Job",
     "JobCancelled",
     "JobStatus",
     "KeyedLanes",
     "LaneDeadlock",
     "LaneFull",
+    "LaneHalted",
     "LanesClosed",
     "LanesStatistics",
     "Limiter",

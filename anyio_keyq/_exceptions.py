@@ -69,3 +69,24 @@ class JobCancelled(Exception):
     def __init__(self, key: Hashable) -> None:
         self.key = key
         super().__init__(f"the job of key {key!r} was cancelled")
+
+
+class LaneHalted(RuntimeError):
+    """Raised for the jobs of a key whose lane a failure has halted.
+
+    With ``KeyedLanes(on_failure="halt")``, a job that fails for good halts its lane:
+    the jobs queued behind it settle with this exception (and go to the dead-letter),
+    and new jobs for the key are refused with it until :meth:`KeyedLanes.resume`.
+
+    :ivar key: the key of the halted lane
+    :ivar cause: the exception of the job that halted the lane (also ``__cause__``)
+    """
+
+    def __init__(self, key: Hashable, cause: BaseException) -> None:
+        self.key = key
+        self.cause = cause
+        super().__init__(
+            f"the lane of key {key!r} is halted: a job failed with {cause!r}; "
+            f"call resume({key!r}) on the lanes to accept its jobs again"
+        )
+        self.__cause__ = cause

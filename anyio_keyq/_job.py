@@ -18,7 +18,9 @@ from ._lane import Lane
 from ._util import describe, final
 
 if TYPE_CHECKING:
+    from ._breaker import CircuitBreaker
     from ._permits import Credit, Token
+    from ._retry import Retry
 
 T = TypeVar("T")
 
@@ -94,7 +96,18 @@ class _Unretrieved:
 class _JobExtras:
     """The fields of a job that most jobs never use, kept apart to keep jobs small."""
 
-    __slots__ = ("awaiting", "credit", "credits", "links", "priority", "report", "weight")
+    __slots__ = (
+        "awaiting",
+        "breaker",
+        "credit",
+        "credits",
+        "delay",
+        "links",
+        "priority",
+        "report",
+        "retry",
+        "weight",
+    )
 
     def __init__(self, links: tuple[tuple[object, Hashable], ...] | None = None) -> None:
         # How much of the global limit the job takes, and its place among ready lanes.
@@ -108,6 +121,12 @@ class _JobExtras:
         self.credit: Credit | None = None
         self.credits: list[Credit] | None = None
         self.report: _Unretrieved | None = None
+        # The job's own retry policy, and the delay before its last retry (for jitter
+        # that depends on it).
+        self.retry: Retry | None = None
+        self.delay: float | None = None
+        # The circuit breaker the running attempt has entered, to report its outcome.
+        self.breaker: CircuitBreaker | None = None
 
 
 @final
@@ -130,6 +149,7 @@ class Job(Lane, Generic[T]):
     __slots__ = (
         "__weakref__",
         "_args",
+        "_attempts",
         "_cancel_requested",
         "_ctx",
         "_event",
@@ -174,6 +194,7 @@ class Job(Lane, Generic[T]):
         self._token: Token | None = None
         self._cancel_requested = False
         self._ordered = False
+        self._attempts = 0  # times the function was called: retries call it again
         self._extras = None if links is None else _JobExtras(links)
 
     @property
@@ -199,6 +220,14 @@ class Job(Lane, Generic[T]):
         if extras is None or extras.links is None:
             return own
         return extras.links + own
+
+    @property
+    def attempts(self) -> int:
+        """How many times the job has started: 1 once it runs, more if it was retried.
+
+        0 while it waits for its first start (or if it never started).
+        """
+        return self._attempts
 
     @property
     def timeout(self) -> float | None:

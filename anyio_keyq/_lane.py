@@ -10,6 +10,7 @@ if TYPE_CHECKING:
 
     import anyio
 
+    from ._breaker import CircuitBreaker
     from ._job import Job
     from ._lanes import _RoomWaiter
     from ._permits import Credit
@@ -78,9 +79,20 @@ class Lane:
 
 
 class LaneExtras:
-    """What only some lanes need: lent permits, and ``per_key > 1`` bookkeeping."""
+    """What only some lanes need: lent permits, ``per_key > 1`` bookkeeping, rates,
+    retries and breakers."""
 
-    __slots__ = ("active", "bucket", "in_lent_ready", "lent", "paced", "starting", "turn")
+    __slots__ = (
+        "active",
+        "breaker",
+        "bucket",
+        "in_lent_ready",
+        "lent",
+        "paced",
+        "retry_at",
+        "starting",
+        "turn",
+    )
 
     def __init__(self) -> None:
         # With per_key > 1: the running jobs.
@@ -96,3 +108,7 @@ class LaneExtras:
         # a token in the pacer's queue.
         self.bucket: _TokenBucket | None = None
         self.paced = False
+        # With a retry: the instant before which the job at the head may not restart.
+        self.retry_at: float | None = None
+        # With breakers per key: the lane's circuit breaker.
+        self.breaker: CircuitBreaker | None = None

@@ -6,10 +6,10 @@ import heapq
 import itertools
 import math
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable, Mapping
 from contextvars import copy_context
 from dataclasses import dataclass
-from types import CoroutineType
+from types import CoroutineType, MappingProxyType
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -25,7 +25,9 @@ from typing import (
 import anyio
 from anyio.lowlevel import cancel_shielded_checkpoint, checkpoint, checkpoint_if_cancelled
 
-from ._exceptions import LaneDeadlock, LaneFull, LanesClosed
+from ._breaker import CircuitBreaker
+from ._dead_letter import DeadLetter, Postbox, check_dead_letter
+from ._exceptions import LaneDeadlock, LaneFull, LaneHalted, LanesClosed
 from ._job import Job, JobStatus, _JobExtras, current_job
 from ._limiters import Limiter
 from ._permits import (
@@ -38,10 +40,13 @@ from ._permits import (
     priority_of,
 )
 from ._rate import RateLimiter, _TokenBucket
+from ._retry import Retry
 from ._util import check_bound, check_callable, check_positive_int, check_seconds, final
 
 if TYPE_CHECKING:
     from types import TracebackType
+
+    from anyio.abc import ObjectSendStream
 
     from ._lane import Lane
 
@@ -111,6 +116,12 @@ class LanesStatistics:
     peak_running: int
     #: The global limit (``math.inf`` when there is none).
     limit: float
+    #: Failed attempts that were retried (each retry counts once).
+    retried: int = 0
+    #: Jobs handed to the dead-letter.
+    dead_lettered: int = 0
+    #: Keys whose lane is halted, waiting for :meth:`KeyedLanes.resume`.
+    halted: int = 0
 
 
 class _PriorityReady:
@@ -142,13 +153,14 @@ class _PriorityReady:
 
 
 class _RoomWaiter:
-    __slots__ = ("accepted", "closed", "event", "job")
+    __slots__ = ("accepted", "closed", "event", "job", "refused")
 
     def __init__(self, job: Job[Any]) -> None:
         self.job = job
         self.event = anyio.Event()
         self.accepted = False
         self.closed = False
+        self.refused: LaneHalted | None = None
 
 
 class _Parked:
@@ -203,12 +215,27 @@ class KeyedLanes(Generic[K]):
         stays until its bucket is full again, so that a key cannot burst by going idle
     :param global_rate: a rate across all lanes: every job takes a token of this
         :class:`RateLimiter`, which other code may share
+    :param retry: the default :class:`Retry` policy of every job: a failed attempt is
+        retried after the policy's delay, at the head of its lane, so that the key's
+        order holds (``None``: no retries)
+    :param breaker: a circuit breaker per key: every lane gets a breaker of its own
+        with the settings of this :class:`CircuitBreaker` (a pattern: the breaker
+        itself is not used); while a key's breaker is open, its jobs fail at once with
+        :exc:`CircuitOpen` (and are retried at the next trial, with a retry policy)
+    :param dead_letter: where the jobs that failed for good go, as
+        :class:`DeadLetter` records: an object send stream (closed when the lanes
+        close) or a function, plain or async, called with each in order
+    :param on_failure: ``"continue"`` (a failed job does not stop its lane) or
+        ``"halt"``: a job that failed for good halts its lane; the jobs queued behind
+        it fail with :exc:`LaneHalted` and go to the dead-letter, and new jobs of the
+        key are refused until :meth:`resume`
     :param task_group: host the workers in this task group or trio nursery instead of
         using ``async with``; then call :meth:`aclose` to finish
     """
 
     __slots__ = (
         "__weakref__",
+        "_breaker",
         "_cancelled",
         "_closed",
         "_closed_reason",
@@ -217,6 +244,8 @@ class KeyedLanes(Generic[K]):
         "_failed",
         "_global_at",
         "_global_rate",
+        "_halt",
+        "_halted",
         "_home",
         "_host",
         "_idle_event",
@@ -238,10 +267,13 @@ class KeyedLanes(Generic[K]):
         "_peak_running",
         "_per_key",
         "_permits",
+        "_postbox",
         "_queued",
         "_rate",
         "_ready",
         "_reaper_scope",
+        "_retried",
+        "_retry",
         "_room_waiting",
         "_running",
         "_shutdown",
@@ -263,6 +295,12 @@ class KeyedLanes(Generic[K]):
         timeout: float | None = None,
         rate: RateLimiter | None = None,
         global_rate: RateLimiter | None = None,
+        retry: Retry | None = None,
+        breaker: CircuitBreaker | None = None,
+        dead_letter: ObjectSendStream[DeadLetter[K]]
+        | Callable[[DeadLetter[K]], Awaitable[object] | object]
+        | None = None,
+        on_failure: Literal["continue", "halt"] = "continue",
         task_group: TaskSpawner | None = None,
     ) -> None:
         self._permits: Permits
@@ -329,6 +367,18 @@ class KeyedLanes(Generic[K]):
         self._cancelled = 0
         self._peak_running = 0
         self._weighted = False  # some job weighs more than 1
+        _check_retry("retry", retry)
+        self._retry = retry
+        _check_breaker("breaker", breaker)
+        self._breaker = breaker
+        check_dead_letter(dead_letter)
+        self._postbox = None if dead_letter is None else Postbox(dead_letter, self._spawn)
+        if on_failure not in ("continue", "halt"):
+            raise ValueError(f"on_failure must be 'continue' or 'halt', got {on_failure!r}")
+        self._halt = on_failure == "halt"
+        # Halted keys, and the exception that halted each.
+        self._halted: dict[K, BaseException] = {}
+        self._retried = 0
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -423,6 +473,8 @@ class KeyedLanes(Generic[K]):
         for _, _, _, lane in lingering:
             if lane.live and lane.idle_at is not None:
                 self._drop(lane)
+        if self._postbox is not None:
+            self._postbox.close()
 
     def _host_gone(self, reason: str) -> None:
         """The hosting scope was cancelled or exited: settle everything still queued."""
@@ -446,6 +498,7 @@ class KeyedLanes(Generic[K]):
         timeout: float | None = None,
         weight: int = 1,
         priority: float = 0,
+        retry: Retry | None = None,
     ) -> T:
         """Run ``fn(*args)`` in the lane of *key* and return its result.
 
@@ -465,7 +518,7 @@ class KeyedLanes(Generic[K]):
         :raises JobCancelled: if the job was cancelled by someone else
         """
         await checkpoint_if_cancelled()
-        job = await self._accept(key, fn, args, timeout, weight, priority, "awaiting run()")
+        job = await self._accept(key, fn, args, timeout, weight, priority, retry, "awaiting run()")
         try:
             await job.wait()
         except BaseException:
@@ -484,6 +537,7 @@ class KeyedLanes(Generic[K]):
         timeout: float | None = None,
         weight: int = 1,
         priority: float = 0,
+        retry: Retry | None = None,
     ) -> Job[T]:
         """Queue ``fn(*args)`` in the lane of *key* and return its :class:`Job` handle.
 
@@ -499,7 +553,9 @@ class KeyedLanes(Generic[K]):
         :raises LaneDeadlock: if called from a job that the lane of *key* must wait for
         """
         await checkpoint_if_cancelled()
-        job = await self._accept(key, fn, args, timeout, weight, priority, "awaiting submit()")
+        job = await self._accept(
+            key, fn, args, timeout, weight, priority, retry, "awaiting submit()"
+        )
         await cancel_shielded_checkpoint()
         return job
 
@@ -511,6 +567,7 @@ class KeyedLanes(Generic[K]):
         timeout: float | None = None,
         weight: int = 1,
         priority: float = 0,
+        retry: Retry | None = None,
     ) -> Job[T]:
         """Queue ``fn(*args)`` in the lane of *key* at once and return its handle.
 
@@ -522,7 +579,7 @@ class KeyedLanes(Generic[K]):
             are waiting for room
         :raises LanesClosed: if the lanes are closed
         """
-        job = self._new_job(key, fn, args, timeout, weight, priority, None)
+        job = self._new_job(key, fn, args, timeout, weight, priority, retry, None)
         lane = job._lane
         if lane.queued >= self._max_pending or lane.room:
             self._forget_if_idle(lane)
@@ -539,9 +596,10 @@ class KeyedLanes(Generic[K]):
         timeout: float | None,
         weight: int,
         priority: float,
+        retry: Retry | None,
         what: str,
     ) -> Job[T]:
-        job = self._new_job(key, fn, args, timeout, weight, priority, what)
+        job = self._new_job(key, fn, args, timeout, weight, priority, retry, what)
         lane = job._lane
         if lane.queued < self._max_pending and not lane.room:
             if self._enqueue(lane, job):
@@ -558,6 +616,7 @@ class KeyedLanes(Generic[K]):
         timeout: float | None,
         weight: int,
         priority: float,
+        retry: Retry | None,
         what: str | None,
     ) -> Job[T]:
         if self._closed:
@@ -590,12 +649,18 @@ class KeyedLanes(Generic[K]):
                 f"key must be hashable, got {key!r} of type {type(key).__name__}; "
                 f"use an immutable value such as a str, an int or a tuple"
             ) from None
+        if self._halted and key in self._halted:
+            raise LaneHalted(key, self._halted[key])
+        if retry is not None:
+            _check_retry("retry", retry)
         ctx = copy_context()
         if ctx == self._home:
             ctx = self._home  # one shared context instead of a copy per queued job
         job = Job(self, lane, key, fn, args, ctx, timeout, links)
         if weighed:
             self._weigh(job, weight, priority)
+        if retry is not None:
+            job._more.retry = retry
         if lane is None:  # the job opens the lane of its key: see Lane
             job._lane = self._lanes[key] = job
             job.open_lane()
@@ -652,6 +717,8 @@ class KeyedLanes(Generic[K]):
             self._room_waiting -= 1
         if waiter.closed:
             raise LanesClosed(self._closed_reason)
+        if waiter.refused is not None:
+            raise waiter.refused
 
     # -- bookkeeping (all synchronous) ------------------------------------------------
 
@@ -703,6 +770,7 @@ class KeyedLanes(Generic[K]):
         lane.head = queue.popleft() if queue else None
         job._status = _RUNNING
         job._token = token
+        job._attempts += 1
         if credit is not None:
             job._more.credit = credit
         lane.queued -= 1
@@ -799,6 +867,15 @@ class KeyedLanes(Generic[K]):
         """Whether the rates let *lane* start a job now; else schedule it for later."""
         if self._global_at is not None:
             return False  # the pacer wakes the lanes when the global rate has a token
+        lane_extras = lane.lane_extras
+        if lane_extras is not None and lane_extras.retry_at is not None:
+            at = lane_extras.retry_at
+            if at > now + _SLACK:  # the head of the lane waits to be retried
+                lane_extras.paced = True
+                heapq.heappush(self._paced, (at, next(self._order), lane))
+                self._pace_at(at)
+                return False
+            lane_extras.retry_at = None
         global_rate = self._global_rate
         if global_rate is not None:
             at = global_rate.ready_at(1)
@@ -876,6 +953,8 @@ class KeyedLanes(Generic[K]):
 
     def _unpace(self, lane: Lane) -> None:
         extras = lane.extras
+        if not extras.paced:  # put back in line already
+            return
         extras.paced = False
         if lane.in_ready:
             self._ready.append(lane)
@@ -915,17 +994,35 @@ class KeyedLanes(Generic[K]):
         exc: BaseException | None = None,
         timed_out: bool = False,
     ) -> Token | None:
-        """Settle a running job; return its permit if nobody else holds it now."""
+        """Settle a running job; return its permit if nobody else holds it now.
+
+        A failed job that its retry policy retries is queued again instead, at the
+        head of its lane, to start once the policy's delay has passed.
+        """
         if job._ordered:  # settled before its turn to begin came
             self._pass_turn(job)
-        job._settle(status, value, exc)
+        extras = job._extras
+        retry_at: float | None = None
         if status is _FINISHED:
+            if extras is not None and extras.breaker is not None:
+                breaker, extras.breaker = extras.breaker, None
+                breaker._exit(None)
+            job._settle(status, value, exc)
             self._completed += 1
-        elif timed_out:
-            self._timed_out += 1
         elif status is _FAILED:
-            self._failed += 1
+            assert exc is not None
+            retry_at = self._retry_at(job, exc)
+            if retry_at is None:
+                fn, args = job._fn, job._args
+                job._settle(status, value, exc)
+                if timed_out:
+                    self._timed_out += 1
+                else:
+                    self._failed += 1
+                if isinstance(exc, Exception) and (self._postbox is not None or self._halt):
+                    self._failed_for_good(job, fn, args, exc)
         else:
+            job._settle(status, value, exc)
             self._cancelled += 1
         self._running -= 1
         lane = job._lane
@@ -934,6 +1031,8 @@ class KeyedLanes(Generic[K]):
             lane.current = None
         else:
             lane.extras.active.remove(job)
+        if retry_at is not None:
+            self._requeue(lane, job, retry_at)
         if lane.queued:
             if not lane.in_ready:
                 lane.in_ready = True
@@ -944,12 +1043,110 @@ class KeyedLanes(Generic[K]):
         assert token is not None
         token.holders -= 1
         token.failed = status is _FAILED  # for a limit that adapts to outcomes
-        extras = job._extras
         if extras is not None:
-            self._end_credits(extras)
+            if retry_at is None:
+                self._end_credits(extras)
+            else:  # the credits lent for it stay; the one it ran on is free again
+                job._token = None
+                lent, extras.credit = extras.credit, None
+                if lent is not None and lent.active:
+                    self._offer_credit(lent)
         if not self._running and not self._queued:
             self._wake_idle()
         return token if token.holders == 0 else None
+
+    # -- retries, dead-letter and halted lanes -------------------------------------
+
+    def _retry_at(self, job: Job[Any], exc: BaseException) -> float | None:
+        """When to start a failed job again, by its retry policy (``None``: never)."""
+        extras = job._extras
+        policy = extras.retry if extras is not None and extras.retry is not None else self._retry
+        if policy is None or job._cancel_requested or self._shutdown:
+            return None
+        delay = policy.next_delay(job._attempts, exc, None if extras is None else extras.delay)
+        if delay is None:
+            return None
+        policy._record_retry()
+        self._retried += 1
+        job._more.delay = delay
+        return anyio.current_time() + delay
+
+    def _requeue(self, lane: Lane, job: Job[Any], at: float) -> None:
+        """Queue a job to retry at the head of its lane, not to start before *at*."""
+        job._status = _QUEUED
+        if lane.head is not None:
+            if lane.queue is None:
+                lane.queue = deque()
+            lane.queue.appendleft(lane.head)
+        lane.head = job
+        lane.queued += 1
+        self._queued += 1
+        lane.extras.retry_at = at
+        # From the first retry on, lanes may have to wait before they start a job.
+        self._pacing = True
+
+    def _forget_retry(self, lane: Lane) -> None:
+        extras = lane.extras
+        extras.retry_at = None
+        if extras.paced:  # put it back in line now; the pacer's entry finds it there
+            extras.paced = False
+            if lane.in_ready:
+                self._ready.append(lane)
+
+    def _failed_for_good(
+        self, job: Job[Any], fn: Callable[..., Any], args: tuple[Any, ...], exc: Exception
+    ) -> None:
+        """Post a job that failed for good to the dead-letter; halt its lane if asked."""
+        attempts = job._attempts
+        self._post(job, fn, args, exc, f"failed after {attempts} attempt(s): {exc!r}")
+        if self._halt:
+            self._halt_lane(job._lane, job.key, exc)
+
+    def _post(
+        self,
+        job: Job[Any],
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        exc: BaseException,
+        reason: str,
+    ) -> None:
+        if self._postbox is None:
+            return
+        self._postbox.post(DeadLetter(job.key, fn, args, job._attempts, exc, reason, job))
+        job._mark_retrieved()  # the dead-letter has it
+
+    def _halt_lane(self, lane: Lane, key: Any, cause: BaseException) -> None:
+        """Refuse the key's jobs from now on, and fail the ones queued in its lane."""
+        self._halted.setdefault(key, cause)
+        cause = self._halted[key]
+        for queued in self._queued_jobs(lane):
+            if queued._status is _QUEUED:
+                fn, args = queued._fn, queued._args
+                error = LaneHalted(key, cause)
+                self._settle(queued, _FAILED, exc=error)
+                queued._mark_retrieved()  # a consequence: the cause is reported
+                self._failed += 1
+                self._queued -= 1
+                lane.queued -= 1
+                self._post(queued, fn, args, error, f"its lane was halted by {cause!r}")
+        self._clear_queue(lane)
+        if lane.room:
+            for waiter in lane.room:
+                waiter.refused = LaneHalted(key, cause)
+                waiter.event.set()
+            lane.room.clear()
+
+    def resume(self, key: K) -> None:
+        """Accept jobs for *key* again after a failure halted its lane.
+
+        Does nothing if the lane of *key* is not halted. Not a checkpoint.
+        """
+        self._halted.pop(key, None)
+
+    @property
+    def halted(self) -> Mapping[K, BaseException]:
+        """The halted keys, each with the exception that halted its lane (read-only)."""
+        return MappingProxyType(self._halted)
 
     def _end_credits(self, extras: _JobExtras) -> None:
         """Take back the credits lent for a settled job; pass on the one it ran on."""
@@ -981,6 +1178,8 @@ class KeyedLanes(Generic[K]):
 
     def _cancel_queued(self, job: Job[Any]) -> None:
         lane = job._lane
+        if job._attempts:  # it waited to be retried, at the head: the lane may go on
+            self._forget_retry(lane)
         self._settle(job, _CANCELLED)
         self._cancelled += 1
         self._queued -= 1
@@ -1011,22 +1210,26 @@ class KeyedLanes(Generic[K]):
             lane.idle_event = None
         if not lane.live:
             return
-        if self._shutdown or not (self._idle_timeout or self._rate):
+        if self._shutdown or not (self._idle_timeout or self._rate or self._breaker):
             lane.close_lane()
             del self._lanes[lane.key]  # type: ignore[arg-type]  # the key of a lane is a K
             return
         now = anyio.current_time()
         expiry = now + self._idle_timeout
-        if self._rate is not None:
-            # A lane that forgot its bucket would let a new burst through: it stays
-            # until its bucket is full again.
-            extras = lane.lane_extras
-            if extras is not None and extras.bucket is not None:
+        extras = lane.lane_extras
+        if extras is not None:
+            if extras.bucket is not None:
+                # A lane that forgot its bucket would let a new burst through: it
+                # stays until its bucket is full again.
                 expiry = max(expiry, extras.bucket.ready_at(extras.bucket.burst))
-            if expiry <= now:
-                lane.close_lane()
-                del self._lanes[lane.key]  # type: ignore[arg-type]
-                return
+            breaker = extras.breaker
+            if breaker is not None and not breaker._at_rest:
+                # Its breaker is remembered for a recovery time after the last job.
+                expiry = max(expiry, now + breaker.recovery_time)
+        if expiry <= now:
+            lane.close_lane()
+            del self._lanes[lane.key]  # type: ignore[arg-type]
+            return
         lane.idle_at = now
         heapq.heappush(self._lingering, (expiry, now, next(self._order), lane))
         if self._reaper_scope is None:
@@ -1179,6 +1382,8 @@ class KeyedLanes(Generic[K]):
                             try:
                                 if job._ordered:
                                     await self._take_turn(job)
+                                if self._breaker is not None:
+                                    self._enter_breaker(job)
                                 if job._ctx == home:
                                     # Set, never reset: the next job sets its own (a
                                     # reset costs as much as a set), and a parked
@@ -1227,14 +1432,32 @@ class KeyedLanes(Generic[K]):
         self, job: Job[Any], exc: BaseException, scope: anyio.CancelScope
     ) -> Token | None:
         """Settle a job that raised: failed, timed out, or cancelled."""
-        if isinstance(exc, Exception) or not isinstance(exc, anyio.get_cancelled_exc_class()):
-            return self._finish(job, _FAILED, exc=exc)
-        if job._cancel_requested or not scope.cancel_called:
-            return self._finish(job, _CANCELLED)
-        error = TimeoutError(
-            f"the job of key {job.key!r} ran past its time limit of {job._timeout} s"
-        )
-        return self._finish(job, _FAILED, exc=error, timed_out=True)
+        status = _FAILED
+        error: BaseException | None = exc
+        timed_out = False
+        if not isinstance(exc, Exception) and isinstance(exc, anyio.get_cancelled_exc_class()):
+            if job._cancel_requested or not scope.cancel_called:
+                status, error = _CANCELLED, None
+            else:
+                timed_out = True
+                error = TimeoutError(
+                    f"the job of key {job.key!r} ran past its time limit of {job._timeout} s"
+                )
+        extras = job._extras
+        if extras is not None and extras.breaker is not None:
+            breaker, extras.breaker = extras.breaker, None
+            breaker._exit(exc if error is None else error)  # a cancellation: no outcome
+        return self._finish(job, status, exc=error, timed_out=timed_out)
+
+    def _enter_breaker(self, job: Job[Any]) -> None:
+        """Pass the breaker of the job's key, or raise :exc:`CircuitOpen`."""
+        extras = job._lane.extras
+        breaker = extras.breaker
+        if breaker is None:
+            assert self._breaker is not None
+            breaker = extras.breaker = self._breaker._copy()
+        breaker._enter()
+        job._more.breaker = breaker
 
     async def _park(self) -> Job[Any] | None:
         """Wait for work as a spare worker; ``None`` means exit."""
@@ -1375,6 +1598,9 @@ class KeyedLanes(Generic[K]):
             idle_workers=len(self._parked),
             peak_running=self._peak_running,
             limit=self._permits.total,
+            retried=self._retried,
+            dead_lettered=0 if self._postbox is None else self._postbox.posted,
+            halted=len(self._halted),
         )
 
     def __repr__(self) -> str:
@@ -1383,6 +1609,16 @@ class KeyedLanes(Generic[K]):
             f"<anyio_keyq.KeyedLanes at {id(self):#x}: {state}, {len(self._lanes)} lanes, "
             f"{self._running} running, {self._queued} queued, limit={self._limit!r}>"
         )
+
+
+def _check_retry(name: str, value: object) -> None:
+    if value is not None and not isinstance(value, Retry):
+        raise TypeError(f"{name} must be a Retry policy or None, got {value!r}")
+
+
+def _check_breaker(name: str, value: object) -> None:
+    if value is not None and not isinstance(value, CircuitBreaker):
+        raise TypeError(f"{name} must be a CircuitBreaker or None, got {value!r}")
 
 
 def _check_rate(name: str, value: object) -> None:

@@ -364,6 +364,7 @@ class ConcurrencyScope:
         # Marked before start_soon(): with an eager task factory the child runs in it.
         peak = self._peak_running
         job._status = _RUNNING
+        job._attempts = 1
         self._running += 1
         if self._running > peak:
             self._peak_running = self._running
@@ -373,6 +374,7 @@ class ConcurrencyScope:
             self._start_task(self._run_child(job, permit), str(job.key))
         except RuntimeError:
             job._status = _QUEUED
+            job._attempts = 0
             self._running -= 1
             self._peak_running = peak
             self._held.pop(job, None)

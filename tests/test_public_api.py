@@ -25,6 +25,7 @@ FINAL_CLASSES = (
     "AdaptiveLimiter",
     "AdaptiveLimiterStatistics",
     "ConcurrencyScope",
+    "DeadLetter",
     "Job",
     "KeyedLanes",
     "LanesStatistics",

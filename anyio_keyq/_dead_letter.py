@@ -1,0 +1,148 @@
+"""Dead-letter: the jobs that failed for good, handed to a stream or a callback."""
+
+from __future__ import annotations
+
+import inspect
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, Hashable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import anyio
+from anyio.abc import ObjectSendStream
+
+from ._util import final
+
+if TYPE_CHECKING:
+    from ._job import Job
+
+K = TypeVar("K", bound=Hashable)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class DeadLetter(Generic[K]):
+    """A job that failed for good, as handed to ``KeyedLanes(dead_letter=...)``.
+
+    It carries what it takes to inspect the failure, or to submit the job again:
+    ``lanes.submit_nowait(letter.key, letter.fn, *letter.args)``.
+    """
+
+    #: The job's key.
+    key: K
+    #: The job's function.
+    fn: Callable[..., Awaitable[Any]]
+    #: The job's positional arguments.
+    args: tuple[Any, ...]
+    #: How many times the job started (0 if it never did: see *reason*).
+    attempts: int
+    #: The job's last exception (a :exc:`LaneHalted` for a job that never started).
+    exception: BaseException
+    #: Why the job is here, in words: failed after its attempts, or its lane halted.
+    reason: str
+    #: The job's handle, settled as failed with :attr:`exception`.
+    job: Job[Any]
+
+
+def check_dead_letter(value: object) -> None:
+    if value is not None and not isinstance(value, ObjectSendStream) and not callable(value):
+        raise TypeError(
+            f"dead_letter must be an object send stream (such as the send end of "
+            f"anyio.create_memory_object_stream()), a callable or None, got {value!r}"
+        )
+
+
+class Postbox:
+    """Delivers dead letters in order, from one task, outside the lanes' bookkeeping.
+
+    A job fails inside the lanes' synchronous bookkeeping, where user code must not
+    run (it could submit jobs in the middle of an update) and nothing may block: the
+    letter waits here, and one task started on demand delivers it. A stream gets
+    every letter (the task waits for room: nothing is dropped), and is closed once
+    the lanes are, so that ``async for letter in receive_stream`` ends.
+    """
+
+    __slots__ = (
+        "_callback",
+        "_closing",
+        "_delivering",
+        "_letters",
+        "_spawn",
+        "_stream",
+        "delivered",
+        "posted",
+    )
+
+    def __init__(
+        self,
+        target: ObjectSendStream[DeadLetter[Any]] | Callable[[DeadLetter[Any]], object],
+        spawn: Callable[[Callable[[], Coroutine[Any, Any, None]]], None],
+    ) -> None:
+        self._stream: ObjectSendStream[DeadLetter[Any]] | None = None
+        self._callback: Callable[[DeadLetter[Any]], object] | None = None
+        if isinstance(target, ObjectSendStream):
+            self._stream = target  # pyright: ignore[reportUnknownMemberType]
+        else:
+            self._callback = target
+        self._spawn = spawn
+        self._letters: deque[DeadLetter[Any]] = deque()
+        self._delivering = False
+        self._closing = False
+        self.delivered = 0
+        self.posted = 0
+
+    def post(self, letter: DeadLetter[Any]) -> None:
+        self._letters.append(letter)
+        self.posted += 1
+        self._wake()
+
+    def close(self) -> None:
+        """No more letters will come: close the stream once the last one is sent."""
+        if not self._closing:
+            self._closing = True
+            if self._stream is not None:
+                self._wake()
+
+    def _wake(self) -> None:
+        if not self._delivering:
+            self._delivering = True
+            self._spawn(self._deliver)
+
+    async def _deliver(self) -> None:
+        stream = self._stream
+        letters = self._letters
+        try:
+            while letters:
+                letter = letters[0]
+                if stream is not None:
+                    await stream.send(letter)
+                else:
+                    assert self._callback is not None
+                    result = self._callback(letter)
+                    if inspect.isawaitable(result):
+                        await result
+                letters.popleft()
+                self.delivered += 1
+            if self._closing and stream is not None:
+                with anyio.CancelScope(shield=True):
+                    await stream.aclose()
+        except BaseException:
+            # Cancelled with the lanes' host: a stream gets what fits without waiting.
+            if stream is not None:
+                self._send_what_fits(stream)
+            raise
+        finally:
+            self._delivering = False
+
+    def _send_what_fits(self, stream: ObjectSendStream[DeadLetter[Any]]) -> None:
+        send_nowait = getattr(stream, "send_nowait", None)
+        while self._letters and send_nowait is not None:
+            try:
+                send_nowait(self._letters[0])
+            except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                break
+            self._letters.popleft()
+            self.delivered += 1
+        close = getattr(stream, "close", None)
+        if callable(close):
+            close()

@@ -1,0 +1,439 @@
+"""KeyedLanes with retries, a dead-letter, halted lanes and breakers per key.
+
+On virtual clocks: every retry, trial and refusal happens at an exact instant.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any
+
+import anyio
+import pytest
+
+from anyio_keyq import (
+    DeadLetter,
+    JobCancelled,
+    JobStatus,
+    KeyedLanes,
+    LaneHalted,
+)
+from anyio_keyq._breaker import CircuitBreaker, CircuitOpen
+from anyio_keyq._retry import Backoff, Retry
+
+from .conftest import virtual_backend as anyio_backend  # noqa: F401
+
+pytestmark = pytest.mark.anyio
+
+#: Doubling delays from 1/8 s, with no jitter: retries at exact binary fractions.
+EXACT = Backoff(base=0.125, factor=2, cap=4)
+
+
+def policy(attempts: float = 3, **kwargs: Any) -> Retry:
+    return Retry(attempts=attempts, backoff=EXACT, jitter="none", **kwargs)
+
+
+class Flaky(Exception):
+    """A failure of the fake downstream, with an optional retry-after hint."""
+
+    def __init__(self, tag: object, retry_after: float | None = None) -> None:
+        super().__init__(f"{tag} failed")
+        self.retry_after = retry_after
+
+
+class Downstream:
+    """A fake service: each tag fails its first ``failures[tag]`` calls.
+
+    It records every call as (tag, instant relative to creation), in call order.
+    """
+
+    def __init__(
+        self,
+        failures: dict[Any, int] | None = None,
+        seconds: float = 0.0,
+        durations: dict[Any, float] | None = None,
+    ) -> None:
+        self.failures = defaultdict(int, failures or {})
+        self.durations = defaultdict(lambda: seconds, durations or {})
+        self.origin = anyio.current_time()
+        self.calls: list[tuple[Any, float]] = []
+        self.hint: float | None = None
+
+    def now(self) -> float:
+        return anyio.current_time() - self.origin
+
+    async def __call__(self, tag: Any) -> Any:
+        self.calls.append((tag, self.now()))
+        await anyio.sleep(self.durations[tag])
+        if self.failures[tag] > 0:
+            self.failures[tag] -= 1
+            raise Flaky(tag, self.hint)
+        return tag
+
+    def starts(self, tag: Any) -> list[float]:
+        return [at for t, at in self.calls if t == tag]
+
+    def order(self) -> list[Any]:
+        return [t for t, _ in self.calls]
+
+
+class TestRetry:
+    async def test_a_retried_job_keeps_the_head_of_its_lane(self) -> None:
+        down = Downstream({"a1": 2})
+        async with KeyedLanes[str](retry=policy()) as lanes:
+            jobs = [lanes.submit_nowait("a", down, tag) for tag in ("a1", "a2", "a3")]
+        assert [job.result() for job in jobs] == ["a1", "a2", "a3"]
+        assert down.order() == ["a1", "a1", "a1", "a2", "a3"]
+        assert down.starts("a1") == [0.0, 0.125, 0.375]  # 1/8, then 1/4 later
+        assert down.starts("a2") == [0.375]
+        assert [job.attempts for job in jobs] == [3, 1, 1]
+
+    async def test_a_lane_waiting_to_retry_holds_no_permit(self) -> None:
+        down = Downstream({"a": 1})
+        async with KeyedLanes[str](limit=1, retry=policy()) as lanes:
+            a = lanes.submit_nowait("a", down, "a")
+            b = lanes.submit_nowait("b", down, "b")
+        assert (a.result(), b.result()) == ("a", "b")
+        assert down.calls == [("a", 0.0), ("b", 0.0), ("a", 0.125)]
+
+    async def test_exhausted_retries_raise_the_last_error(self) -> None:
+        down = Downstream({"a": 5})
+        async with KeyedLanes[str](retry=policy(attempts=3)) as lanes:
+            with pytest.raises(Flaky, match="a failed"):
+                await lanes.run("a", down, "a")
+            stats = lanes.statistics()
+        assert down.starts("a") == [0.0, 0.125, 0.375]
+        assert (stats.retried, stats.failed, stats.completed) == (2, 1, 0)
+
+    async def test_the_job_policy_replaces_the_lanes_policy(self) -> None:
+        down = Downstream({"a": 3, "b": 3})
+        async with KeyedLanes[str](retry=policy(attempts=2)) as lanes:
+            a = lanes.submit_nowait("a", down, "a", retry=policy(attempts=4))
+            b = lanes.submit_nowait("b", down, "b")
+        assert a.result() == "a"
+        assert a.attempts == 4
+        with pytest.raises(Flaky):
+            b.result()
+        assert b.attempts == 2
+
+    async def test_no_policy_no_retry(self) -> None:
+        down = Downstream({"a": 1})
+        async with KeyedLanes[str]() as lanes:
+            job = lanes.submit_nowait("a", down, "a")
+        with pytest.raises(Flaky):
+            job.result()
+        assert job.attempts == 1
+        assert lanes.statistics().retried == 0
+
+    async def test_a_failure_the_policy_does_not_retry(self) -> None:
+        down = Downstream({"a": 1})
+        only_timeouts = policy(retry_on=TimeoutError)
+        async with KeyedLanes[str](retry=only_timeouts) as lanes:
+            job = lanes.submit_nowait("a", down, "a")
+        with pytest.raises(Flaky):
+            job.result()
+        assert down.starts("a") == [0.0]
+
+    async def test_a_retry_after_hint_sets_the_delay(self) -> None:
+        down = Downstream({"a": 2})
+        down.hint = 3.0
+        async with KeyedLanes[str](retry=policy()) as lanes:
+            await lanes.run("a", down, "a")
+        assert down.starts("a") == [0.0, 3.0, 6.0]
+
+    async def test_the_time_limit_is_per_attempt(self) -> None:
+        down = Downstream(seconds=math.inf)  # a downstream that hangs
+        async with KeyedLanes[str](retry=policy(), timeout=1.0) as lanes:
+            with pytest.raises(TimeoutError, match="time limit"):
+                await lanes.run("a", down, "a")
+            stats = lanes.statistics()
+        assert down.starts("a") == [0.0, 1.125, 2.375]
+        assert (stats.retried, stats.timed_out, stats.failed) == (2, 1, 0)
+
+    async def test_a_cancelled_job_is_never_retried(self) -> None:
+        down = Downstream(seconds=math.inf)
+        async with KeyedLanes[str](retry=policy()) as lanes:
+            job = lanes.submit_nowait("a", down, "a")
+            await anyio.sleep(1)
+            job.cancel()
+        assert job.status is JobStatus.CANCELLED
+        assert down.starts("a") == [0.0]
+        assert lanes.statistics().retried == 0
+
+    async def test_cancelling_a_job_that_waits_to_retry(self) -> None:
+        down = Downstream({"a1": 5})
+        async with KeyedLanes[str](retry=policy(attempts=5)) as lanes:
+            a1 = lanes.submit_nowait("a", down, "a1")
+            a2 = lanes.submit_nowait("a", down, "a2")
+            await anyio.sleep(0.0625)  # a1 failed once and waits until 1/8
+            assert a1.status is JobStatus.QUEUED
+            assert a1.attempts == 1
+            a1.cancel()
+        assert a1.status is JobStatus.CANCELLED
+        assert a2.result() == "a2"
+        assert down.calls == [("a1", 0.0), ("a2", 0.0625)]
+
+    async def test_a_caller_cancelled_while_its_job_waits_to_retry(self) -> None:
+        down = Downstream({"a": 5})
+        async with KeyedLanes[str](retry=policy(attempts=5)) as lanes:
+            with anyio.move_on_after(0.25):
+                await lanes.run("a", down, "a")
+            stats = lanes.statistics()
+        assert down.starts("a") == [0.0, 0.125]
+        assert (stats.cancelled, stats.retried) == (1, 2)
+
+    async def test_cancelling_the_host_during_a_retry_wait(self) -> None:
+        down = Downstream({"a": 5})
+        async with anyio.create_task_group() as tg:
+            lanes = KeyedLanes[str](retry=policy(attempts=5), task_group=tg)
+            job = lanes.submit_nowait("a", down, "a")
+            await anyio.sleep(0.0625)
+            tg.cancel_scope.cancel()
+        assert job.status is JobStatus.CANCELLED
+        assert down.starts("a") == [0.0]
+
+    async def test_with_several_jobs_per_key_the_retry_starts_first(self) -> None:
+        down = Downstream({"a1": 1}, seconds=0.25, durations={"a2": 0.5})
+        async with KeyedLanes[str](per_key=2, retry=policy()) as lanes:
+            for tag in ("a1", "a2", "a3", "a4"):
+                lanes.submit_nowait("a", down, tag)
+        # a1 fails at 1/4 and waits until 3/8 at the head of the lane: a3 may not take
+        # the free place before it.
+        assert down.calls == [
+            ("a1", 0.0),
+            ("a2", 0.0),
+            ("a1", 0.375),
+            ("a3", 0.5),
+            ("a4", 0.625),
+        ]
+
+    async def test_a_waiter_that_lent_its_permit_still_gets_the_retried_job(self) -> None:
+        down = Downstream({"b": 1})
+
+        async def outer() -> str:
+            inner = lanes.submit_nowait("b", down, "b")
+            return await inner  # lends the permit of "a" to "b"
+
+        async with KeyedLanes[str](limit=1, retry=policy()) as lanes:
+            assert await lanes.run("a", outer) == "b"
+        assert down.starts("b") == [0.0, 0.125]
+
+    async def test_retry_must_be_a_policy(self) -> None:
+        with pytest.raises(TypeError, match="retry must be a Retry policy or None, got 3"):
+            KeyedLanes(retry=3)  # type: ignore[arg-type]
+        async with KeyedLanes[str]() as lanes:
+            with pytest.raises(TypeError, match="retry must be a Retry policy"):
+                lanes.submit_nowait("a", Downstream(), "a", retry="no")  # type: ignore[arg-type]
+
+
+class TestDeadLetter:
+    async def test_a_callback_gets_each_job_that_failed_for_good(self) -> None:
+        down = Downstream({"a1": 9, "b1": 9})
+        letters: list[DeadLetter[str]] = []
+        async with KeyedLanes[str](retry=policy(attempts=2), dead_letter=letters.append) as lanes:
+            a1 = lanes.submit_nowait("a", down, "a1")
+            a2 = lanes.submit_nowait("a", down, "a2")
+            lanes.submit_nowait("b", down, "b1")
+        assert a2.result() == "a2"  # the default policy goes on
+        letters.sort(key=lambda letter: letter.key)
+        assert [(d.key, d.args, d.attempts) for d in letters] == [
+            ("a", ("a1",), 2),
+            ("b", ("b1",), 2),
+        ]
+        first = letters[0]
+        assert first.fn is down
+        assert isinstance(first.exception, Flaky)
+        assert first.job is a1
+        assert first.exception is a1.exception()
+        assert "failed after 2 attempt(s)" in first.reason
+        assert lanes.statistics().dead_lettered == 2
+
+    async def test_an_async_callback(self) -> None:
+        down = Downstream({"a": 1})
+        seen: list[float] = []
+
+        async def slow_archive(letter: DeadLetter[str]) -> None:
+            await anyio.sleep(1)
+            seen.append(down.now())
+
+        async with KeyedLanes[str](dead_letter=slow_archive) as lanes:
+            lanes.submit_nowait("a", down, "a")
+            lanes.submit_nowait("a", down, "a")  # succeeds
+        assert seen == [1.0]
+
+    async def test_a_stream_gets_every_letter_and_is_closed_with_the_lanes(self) -> None:
+        down = Downstream({i: 1 for i in range(5)})
+        send, receive = anyio.create_memory_object_stream[DeadLetter[int]](0)
+        received: list[int] = []
+
+        async def archive() -> None:
+            async with receive:
+                async for letter in receive:  # ends when the lanes close the stream
+                    await anyio.sleep(1)  # a slow consumer: nothing may be lost
+                    received.append(letter.key)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(archive)
+            async with KeyedLanes[int](dead_letter=send) as lanes:
+                for i in range(5):
+                    lanes.submit_nowait(i, down, i)
+        assert sorted(received) == [0, 1, 2, 3, 4]  # they fail at one instant
+
+    async def test_successes_and_cancellations_are_not_dead_letters(self) -> None:
+        letters: list[DeadLetter[str]] = []
+        async with KeyedLanes[str](dead_letter=letters.append) as lanes:
+            lanes.submit_nowait("a", Downstream(), "ok")
+            lanes.submit_nowait("b", Downstream(seconds=math.inf), "hangs").cancel()
+            job = lanes.submit_nowait("c", Downstream(seconds=math.inf), "hangs")
+            await anyio.sleep(1)
+            job.cancel()
+        assert letters == []
+
+    async def test_a_failing_callback_fails_the_lanes(self) -> None:
+        def broken(letter: DeadLetter[str]) -> None:
+            raise RuntimeError("archive is down")
+
+        # It fails the lanes' task group, like any task of it that raises.
+        with pytest.raises(ExceptionGroup) as failed:
+            async with KeyedLanes[str](dead_letter=broken) as lanes:
+                lanes.submit_nowait("a", Downstream({"a": 1}), "a")
+        assert [str(exc) for exc in failed.value.exceptions] == ["archive is down"]
+
+    async def test_dead_letter_must_be_a_stream_or_a_callable(self) -> None:
+        with pytest.raises(TypeError, match="dead_letter must be an object send stream"):
+            KeyedLanes(dead_letter="queue")  # type: ignore[arg-type]
+
+
+class TestHalt:
+    async def test_a_failure_halts_its_lane_only(self) -> None:
+        down = Downstream({"a1": 1})
+        letters: list[DeadLetter[str]] = []
+        async with KeyedLanes[str](on_failure="halt", dead_letter=letters.append) as lanes:
+            a = [lanes.submit_nowait("a", down, tag) for tag in ("a1", "a2", "a3")]
+            b = lanes.submit_nowait("b", down, "b1")
+            await lanes.wait_idle()
+            assert set(lanes.halted) == {"a"}
+            assert isinstance(lanes.halted["a"], Flaky)
+            with pytest.raises(LaneHalted, match="resume") as refused:
+                lanes.submit_nowait("a", down, "a4")
+            assert refused.value.key == "a"
+            assert refused.value.cause is lanes.halted["a"]
+            assert lanes.statistics().halted == 1
+            lanes.resume("a")
+            assert lanes.halted == {}
+            again = await lanes.run("a", down, "a5")
+        assert again == "a5"
+        assert b.result() == "b1"
+        assert [t for t in down.order() if t[0] == "a"] == ["a1", "a5"]
+        for job in a[1:]:
+            with pytest.raises(LaneHalted) as halted:
+                job.result()
+            assert halted.value.__cause__ is a[0].exception()
+            assert job.attempts == 0
+        assert [(d.args, d.attempts) for d in letters] == [(("a1",), 1), (("a2",), 0), (("a3",), 0)]
+        assert "halted" in letters[1].reason
+        assert lanes.statistics().failed == 3
+
+    async def test_a_lane_halts_only_once_its_retries_are_exhausted(self) -> None:
+        down = Downstream({"a1": 1, "a2": 9})
+        async with KeyedLanes[str](on_failure="halt", retry=policy(attempts=2)) as lanes:
+            jobs = [lanes.submit_nowait("a", down, t) for t in ("a1", "a2", "a3")]
+        assert jobs[0].result() == "a1"
+        with pytest.raises(Flaky):
+            jobs[1].result()
+        with pytest.raises(LaneHalted):
+            jobs[2].result()
+
+    async def test_callers_waiting_for_room_are_refused(self) -> None:
+        down = Downstream({"a1": 1}, seconds=1)
+        async with KeyedLanes[str](on_failure="halt", max_pending=1) as lanes:
+            lanes.submit_nowait("a", down, "a1")  # runs
+            lanes.submit_nowait("a", down, "a2")  # queued: the lane is full
+            with pytest.raises(LaneHalted):
+                await lanes.submit("a", down, "a3")  # waits for room, then refused
+            with pytest.raises(LaneHalted):
+                await lanes.run("a", down, "a4")
+
+    async def test_run_raises_lane_halted_for_a_queued_job(self) -> None:
+        down = Downstream({"a1": 1}, seconds=1)
+        async with KeyedLanes[str](on_failure="halt") as lanes:
+            lanes.submit_nowait("a", down, "a1")
+            with pytest.raises(LaneHalted):
+                await lanes.run("a", down, "a2")
+
+    async def test_resuming_a_key_that_is_not_halted_does_nothing(self) -> None:
+        async with KeyedLanes[str](on_failure="halt") as lanes:
+            lanes.resume("a")
+            assert await lanes.run("a", Downstream(), "a") == "a"
+
+    async def test_on_failure_must_be_continue_or_halt(self) -> None:
+        with pytest.raises(ValueError, match="on_failure must be 'continue' or 'halt', got 'stop'"):
+            KeyedLanes(on_failure="stop")  # type: ignore[arg-type]
+
+
+class TestBreakerPerKey:
+    async def test_a_dead_key_fails_fast_and_others_go_on(self) -> None:
+        down = Downstream({"a1": 1, "a2": 1})
+        breaker = CircuitBreaker(failure_threshold=2, recovery_time=10)
+        async with KeyedLanes[str](breaker=breaker) as lanes:
+            a = [lanes.submit_nowait("a", down, f"a{i}") for i in range(1, 5)]
+            b = lanes.submit_nowait("b", down, "b1")
+            await lanes.wait_idle()
+            assert [t for t in down.order() if t[0] == "a"] == ["a1", "a2"]  # a3, a4: never
+            for job in a[2:]:
+                with pytest.raises(CircuitOpen) as refused:
+                    job.result()
+                assert refused.value.retry_after == 10
+            assert b.result() == "b1"
+            await anyio.sleep(10)
+            assert await lanes.run("a", down, "a5") == "a5"  # the trial closes it
+            assert await lanes.run("a", down, "a6") == "a6"
+
+    async def test_with_a_retry_a_refused_job_waits_for_the_next_trial(self) -> None:
+        down = Downstream({"a1": 2})
+        breaker = CircuitBreaker(failure_threshold=1, recovery_time=5)
+        async with KeyedLanes[str](breaker=breaker, retry=policy(attempts=5)) as lanes:
+            assert await lanes.run("a", down, "a1") == "a1"
+        # Failed at 0 (opens), refused at 1/8 (retry at the trial, 5), trial fails at 5
+        # (opens again), refused at 5 + 1/2, trial at 10 succeeds.
+        assert down.starts("a1") == [0.0, 5.0, 10.0]
+
+    async def test_a_timeout_counts_as_a_failure_and_a_cancellation_does_not(self) -> None:
+        hangs = Downstream(seconds=math.inf)
+        breaker = CircuitBreaker(failure_threshold=1, recovery_time=5)
+        async with KeyedLanes[str](breaker=breaker) as lanes:
+            job = lanes.submit_nowait("a", hangs, "cancelled")
+            await anyio.sleep(1)
+            job.cancel()
+            await lanes.wait_idle()
+            with pytest.raises(JobCancelled):
+                job.result()
+            with pytest.raises(TimeoutError):
+                await lanes.run("a", hangs, "times out", timeout=1)
+            with pytest.raises(CircuitOpen):
+                await lanes.run("a", hangs, "refused")
+        assert hangs.order() == ["cancelled", "times out"]
+
+    async def test_an_idle_key_keeps_its_open_breaker_for_a_recovery_time(self) -> None:
+        down = Downstream({"a": 1})
+        breaker = CircuitBreaker(failure_threshold=1, recovery_time=8)
+        async with KeyedLanes[str](breaker=breaker) as lanes:
+            with pytest.raises(Flaky):
+                await lanes.run("a", down, "a")
+            assert "a" in lanes
+            await anyio.sleep(4)
+            with pytest.raises(CircuitOpen):
+                await lanes.run("a", down, "a")
+            await anyio.sleep(8.5)  # 8 after the last job, at 4
+            assert "a" not in lanes
+            assert await lanes.run("a", down, "a") == "a"
+
+    async def test_a_breaker_at_rest_is_dropped_with_its_lane(self) -> None:
+        async with KeyedLanes[str](breaker=CircuitBreaker()) as lanes:
+            await lanes.run("a", Downstream(), "a")
+            assert "a" not in lanes
+
+    async def test_breaker_must_be_a_circuit_breaker(self) -> None:
+        with pytest.raises(TypeError, match="breaker must be a CircuitBreaker or None, got 5"):
+            KeyedLanes(breaker=5)  # type: ignore[arg-type]
