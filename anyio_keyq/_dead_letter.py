@@ -59,13 +59,16 @@ class Postbox:
     run (it could submit jobs in the middle of an update) and nothing may block: the
     letter waits here, and one task started on demand delivers it. A stream gets
     every letter (the task waits for room: nothing is dropped), and is closed once
-    the lanes are, so that ``async for letter in receive_stream`` ends.
+    the lanes are, so that ``async for letter in receive_stream`` ends. If the lanes'
+    host is cancelled, a function still gets every letter (shielded), a stream what
+    fits in its buffer.
     """
 
     __slots__ = (
         "_callback",
         "_closing",
         "_delivering",
+        "_emptied",
         "_letters",
         "_spawn",
         "_stream",
@@ -87,6 +90,7 @@ class Postbox:
         self._spawn = spawn
         self._letters: deque[DeadLetter[Any]] = deque()
         self._delivering = False
+        self._emptied: anyio.Event | None = None
         self._closing = False
         self.delivered = 0
         self.posted = 0
@@ -113,26 +117,44 @@ class Postbox:
         letters = self._letters
         try:
             while letters:
-                letter = letters[0]
                 if stream is not None:
-                    await stream.send(letter)
+                    await stream.send(letters[0])
+                    letters.popleft()
+                    self.delivered += 1
                 else:
-                    assert self._callback is not None
-                    result = self._callback(letter)
-                    if inspect.isawaitable(result):
-                        await result
-                letters.popleft()
-                self.delivered += 1
+                    await self._call(letters)
             if self._closing and stream is not None:
                 with anyio.CancelScope(shield=True):
                     await stream.aclose()
-        except BaseException:
-            # Cancelled with the lanes' host: a stream gets what fits without waiting.
+        except anyio.get_cancelled_exc_class():
+            # Cancelled with the lanes' host: a stream gets what fits without waiting,
+            # a function gets every letter still here.
             if stream is not None:
                 self._send_what_fits(stream)
+            else:
+                with anyio.CancelScope(shield=True):
+                    while letters:
+                        await self._call(letters)
             raise
         finally:
             self._delivering = False
+            if self._emptied is not None:
+                self._emptied.set()
+                self._emptied = None
+
+    async def wait_delivered(self) -> None:
+        """Wait until every letter posted so far has been handed over."""
+        while self._delivering:
+            if self._emptied is None:
+                self._emptied = anyio.Event()
+            await self._emptied.wait()
+
+    async def _call(self, letters: deque[DeadLetter[Any]]) -> None:
+        assert self._callback is not None
+        result = self._callback(letters.popleft())
+        self.delivered += 1
+        if inspect.isawaitable(result):
+            await result
 
     def _send_what_fits(self, stream: ObjectSendStream[DeadLetter[Any]]) -> None:
         send_nowait = getattr(stream, "send_nowait", None)

@@ -1529,7 +1529,8 @@ class KeyedLanes(Generic[K]):
     async def wait_idle(self, key: K = _MISSING) -> None:
         """Wait until no job is queued or running (for *key*, or for any key).
 
-        Returns at once if already idle. This is a checkpoint.
+        Returns at once if already idle. Without a *key*, it also waits until the
+        dead-letter has received every job that failed for good. This is a checkpoint.
 
         :raises LaneDeadlock: if called from inside a job that would be waited for
         """
@@ -1539,10 +1540,12 @@ class KeyedLanes(Generic[K]):
                 raise LaneDeadlock(caller.key, "waiting for the lanes to be idle")
             if not self._queued and not self._running:
                 await checkpoint()
-                return
-            if self._idle_event is None:
-                self._idle_event = anyio.Event()
-            await self._idle_event.wait()
+            else:
+                if self._idle_event is None:
+                    self._idle_event = anyio.Event()
+                await self._idle_event.wait()
+            if self._postbox is not None:
+                await self._postbox.wait_delivered()
             return
         if caller is not None and (self, key) in caller._chain:
             raise LaneDeadlock(key, "waiting for the lane to be idle")

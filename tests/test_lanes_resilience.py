@@ -11,6 +11,8 @@ from typing import Any
 
 import anyio
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from anyio_keyq import (
     DeadLetter,
@@ -437,3 +439,104 @@ class TestBreakerPerKey:
     async def test_breaker_must_be_a_circuit_breaker(self) -> None:
         with pytest.raises(TypeError, match="breaker must be a CircuitBreaker or None, got 5"):
             KeyedLanes(breaker=5)  # type: ignore[arg-type]
+
+
+class TestAgainstAModel:
+    """Random failures, policies and limits against a plain sequential model."""
+
+    @settings(max_examples=40, deadline=None)
+    @given(
+        plan=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3)), max_size=12),
+        attempts=st.integers(1, 3),
+        limit=st.integers(1, 3),
+        halt=st.booleans(),
+    )
+    async def test_outcomes_orders_and_dead_letters(
+        self, plan: list[tuple[int, int]], attempts: int, limit: int, halt: bool
+    ) -> None:
+        # plan: per job, its key and how many of its calls fail.
+        failures = {i: fails for i, (_, fails) in enumerate(plan)}
+        down = Downstream(failures, seconds=0.0625)
+        letters: list[DeadLetter[int]] = []
+        async with KeyedLanes[int](
+            limit=limit,
+            retry=policy(attempts),
+            dead_letter=letters.append,
+            on_failure="halt" if halt else "continue",
+        ) as lanes:
+            jobs = [lanes.submit_nowait(key, down, i) for i, (key, _) in enumerate(plan)]
+        stats = lanes.statistics()
+
+        # The model: each key's jobs one after another, each called until it succeeds
+        # or runs out of attempts; with halt, a job that failed for good stops the key.
+        calls: dict[int, list[int]] = defaultdict(list)
+        outcomes: list[str] = []
+        expected_letters: list[tuple[int, int]] = []
+        halted: set[int] = set()
+        for i, (key, fails) in enumerate(plan):
+            if key in halted:
+                outcomes.append("halted")
+                expected_letters.append((i, 0))
+                continue
+            made = min(fails + 1, attempts)
+            calls[key] += [i] * made
+            if fails < attempts:
+                outcomes.append("ok")
+            else:
+                outcomes.append("failed")
+                expected_letters.append((i, made))
+                if halt:
+                    halted.add(key)
+
+        for key in calls:
+            assert [t for t in down.order() if plan[t][0] == key] == calls[key]
+        got = []
+        for job in jobs:
+            exc = job.exception()
+            got.append("ok" if exc is None else "halted" if isinstance(exc, LaneHalted) else "failed")
+        assert got == outcomes
+        assert [job.attempts for job in jobs] == [
+            0 if outcome == "halted" else min(plan[i][1] + 1, attempts)
+            for i, outcome in enumerate(outcomes)
+        ]
+        assert sorted((d.args[0], d.attempts) for d in letters) == sorted(expected_letters)
+        assert stats.retried == sum(job.attempts - 1 for job in jobs if job.attempts)
+        assert stats.submitted == stats.completed + stats.failed + stats.timed_out
+        assert stats.halted == len(halted)
+
+
+class TestFaultInjection:
+    """Cancel everything at each instant of a run full of retries, trips and letters."""
+
+    @pytest.mark.parametrize("sixteenths", range(0, 40, 3))
+    async def test_cancelled_at_any_instant(self, sixteenths: int) -> None:
+        down = Downstream({("a", 0): 2, ("b", 0): 9, ("c", 1): 1}, seconds=0.125)
+        hangs = Downstream(seconds=math.inf)
+        letters: list[DeadLetter[str]] = []
+        jobs = []
+        lanes = KeyedLanes[str](
+            limit=2,
+            timeout=0.5,
+            retry=policy(attempts=3),
+            breaker=CircuitBreaker(failure_threshold=2, recovery_time=0.25),
+            dead_letter=letters.append,
+        )
+        with anyio.move_on_after(sixteenths / 16):
+            async with lanes:
+                for i in range(3):
+                    for key in "abc":
+                        jobs.append(lanes.submit_nowait(key, down, (key, i)))
+                jobs.append(lanes.submit_nowait("d", hangs, ("d", 0)))
+        stats = lanes.statistics()
+        # Every handle settled, once; every job that failed for good was dead-lettered.
+        assert all(job.done() for job in jobs)
+        failed = [job for job in jobs if job.status is JobStatus.FAILED]
+        assert sorted(id(d.job) for d in letters) == sorted(id(job) for job in failed)
+        assert stats.queued == stats.running == 0
+        assert stats.submitted == (
+            stats.completed + stats.failed + stats.timed_out + stats.cancelled
+        )
+        # Per key, the calls of a job are together and in submission order.
+        for key in "abc":
+            tags = [tag for tag in down.order() if tag[0] == key]
+            assert tags == sorted(tags, key=lambda tag: tag[1])
