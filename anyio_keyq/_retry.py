@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import functools
 import inspect
+import logging
 import math
 import numbers
 import random
@@ -26,6 +27,8 @@ RetryOn: TypeAlias = type[Exception] | tuple[type[Exception], ...] | Callable[[E
 Jitter: TypeAlias = Literal["full", "equal", "decorrelated", "none"]
 # How a run of the retry loop ended, as counted by RetryStatistics.
 Outcome: TypeAlias = Literal["succeeded", "exhausted", "out_of_time", "not_retryable", "cancelled"]
+
+logger = logging.getLogger("anyio_keyq")
 
 _JITTERS: tuple[Jitter, ...] = ("full", "equal", "decorrelated", "none")
 # The default source of randomness: a generator of the module's own, so that neither
@@ -574,6 +577,13 @@ async def _run(
                     outcome = "out_of_time"
                     exc.add_note(policy._attempt_note(attempt, outcome, delay))
                     raise
+                logger.debug(
+                    "Retrying %s in %.6g s: attempt %d failed with %r",
+                    describe(fn),
+                    delay,
+                    attempt,
+                    exc,
+                )
             else:
                 outcome = "succeeded"
                 return value

@@ -352,6 +352,23 @@ async def test_the_default_policy() -> None:
     assert notes(caught.value) == ["anyio_keyq.Retry: attempt 3 of 3 failed; no attempts left"]
 
 
+async def test_each_retry_is_logged_at_debug_level(caplog: pytest.LogCaptureFixture) -> None:
+    async def fetch() -> None:
+        raise OSError("refused")
+
+    caplog.set_level("DEBUG", logger="anyio_keyq")
+    with pytest.raises(OSError):
+        await retry(fetch, policy=Retry(attempts=2, backoff=Backoff(base=0.0)))
+    assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records] == [
+        (
+            "anyio_keyq",
+            "DEBUG",
+            "Retrying test_each_retry_is_logged_at_debug_level.<locals>.fetch in 0 s: "
+            "attempt 1 failed with OSError('refused')",
+        )
+    ]
+
+
 class TestWhatIsRetried:
     async def test_a_non_retryable_exception_is_raised_at_once(self) -> None:
         policy = Retry(retry_on=OSError, backoff=Backoff(base=0))
