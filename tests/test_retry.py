@@ -357,7 +357,7 @@ async def test_each_retry_is_logged_at_debug_level(caplog: pytest.LogCaptureFixt
         raise OSError("refused")
 
     caplog.set_level("DEBUG", logger="anyio_keyq")
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="^refused"):
         await retry(fetch, policy=Retry(attempts=2, backoff=Backoff(base=0.0)))
     assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records] == [
         (

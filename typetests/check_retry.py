@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Coroutine
-from typing import Any, Protocol, assert_type
+from typing import TYPE_CHECKING, Any, Protocol, assert_type
 
 from anyio_keyq import Backoff, Retry, RetryStatistics, retry
+
+if TYPE_CHECKING:
+    from collections.abc import Coroutine
 
 
 async def fetch(url: str, attempt: int) -> bytes:
@@ -52,14 +54,17 @@ class SendLike(Protocol):
     ) -> Coroutine[Any, Any, int]: ...
 
 
+def takes_send(fn: SendLike) -> None: ...
+
+
 @Retry(attempts=3)
 async def send(channel: str, message: bytes, *, urgent: bool = False) -> int:
     return len(message)
 
 
 async def check_decorator() -> None:
-    same: SendLike = send  # the decorated function keeps the signature
-    other: SendLike = fetch  # type: ignore[assignment]
+    takes_send(send)  # the decorated function keeps the signature
+    takes_send(fetch)  # type: ignore[arg-type]
     assert_type(await send("c", b"m", urgent=True), int)
     await send("c", "m")  # type: ignore[arg-type]
     await send("c", b"m", later=True)  # type: ignore[call-arg]
