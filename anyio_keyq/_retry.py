@@ -616,7 +616,7 @@ async def retry(
             response = await retry(client.get, url)
 
     The exception raised is the last attempt's own, not a wrapper, with a note
-    (:meth:`BaseException.add_note`) saying which attempt it was and why it was the
+    (``BaseException.add_note()``) saying which attempt it was and why it was the
     last, such as ``anyio_keyq.Retry: attempt 3 of 3 failed; no attempts left``.
 
     **Cancellation** is never retried: cancelled during an attempt or a wait,
