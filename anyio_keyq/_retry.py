@@ -215,7 +215,8 @@ class RetryStatistics:
     #: would have ended at or after the enclosing deadline (or the enclosing scope was
     #: already cancelled).
     out_of_time: int
-    #: Runs that ended at an exception the policy does not retry.
+    #: Runs that ended at an exception the policy does not retry (or at an exception
+    #: raised by its ``retry_on`` predicate).
     not_retryable: int
     #: Runs ended by cancellation, or by another :exc:`BaseException` that is not an
     #: :exc:`Exception` (such as :exc:`KeyboardInterrupt`).
@@ -556,7 +557,7 @@ async def _run(
     """The retry loop of :func:`retry` and of decorated functions."""
     await checkpoint()
     policy._record_call()
-    outcome: Outcome = "cancelled"  # unless the run ends otherwise
+    outcome: Outcome | None = None
     attempt = 1
     previous: float | None = None
     try:
@@ -591,7 +592,13 @@ async def _run(
             attempt += 1
             previous = delay
             policy._record_retry()
+    except BaseException as exc:
+        if outcome is None:
+            # Cancellation, another BaseException, or a retry_on predicate that failed.
+            outcome = "not_retryable" if isinstance(exc, Exception) else "cancelled"
+        raise
     finally:
+        assert outcome is not None
         policy._record_outcome(outcome)
 
 

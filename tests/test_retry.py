@@ -410,7 +410,7 @@ class TestWhatIsRetried:
         with pytest.raises(RuntimeError, match="^predicate bug") as caught:
             await retry(Flaky([ValueError("original")]), policy=policy)
         assert isinstance(caught.value.__context__, ValueError)
-        assert policy.statistics() == stats(calls=1, cancelled=1)
+        assert policy.statistics() == stats(calls=1, not_retryable=1)
 
     @pytest.mark.parametrize(
         "error", [Fatal(), GeneratorExit(), BaseExceptionGroup("g", [Fatal(), ValueError()])]
