@@ -50,7 +50,7 @@ def _check_real(name: str, value: object, *, low: float, what: str) -> float:
 
 
 @final
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Backoff:
     """Exponential backoff: after failed attempt *n*, ``min(cap, base * factor**(n-1))``.
 
@@ -232,8 +232,7 @@ class Retry:
     describes how: at most *attempts* attempts in all, the waits between them growing
     exponentially (*backoff*) and spread out at random (*jitter*) so that many clients
     that failed together do not all come back at the same instant, retrying only the
-    exceptions *retry_on* accepts. Use it with :func:`retry`, as a decorator, or with
-    :class:`KeyedLanes`::
+    exceptions *retry_on* accepts. Use it with :func:`retry`, or as a decorator::
 
         policy = Retry(attempts=5, backoff=Backoff(base=0.2, cap=5.0), retry_on=OSError)
 
@@ -244,6 +243,12 @@ class Retry:
 
     The policy is immutable configuration: share one object between any number of
     tasks (and event loops); its :meth:`statistics` count the runs of all of them.
+    Unlike :func:`hedge`, which runs attempts *concurrently* to cut the latency of slow
+    calls, a retry runs one attempt at a time, each after the previous one failed.
+
+    **Cancellation.** The policy itself never blocks. The loops that follow it
+    (:func:`retry`, decorated functions) let a cancellation through at once, whether
+    it comes during an attempt or during a wait, and start no further attempt.
 
     **What is retried.** Only an :exc:`Exception` that *retry_on* accepts. Cancellation
     is never retried, nor any other :exc:`BaseException` (:exc:`KeyboardInterrupt`,

@@ -829,6 +829,7 @@ BAD_INPUT: list[tuple[Callable[[], Any], type[Exception], str]] = [
     (lambda: Backoff(factor=True), TypeError, "factor must be a number, got True"),
     (lambda: Backoff(cap=math.inf), ValueError, "cap must be a finite number >= 0 (seconds)"),
     (lambda: Backoff(base=2, cap=1), ValueError, "cap must be >= base (2), got 1"),
+    (lambda: Backoff(0.5), TypeError, "Backoff.__init__() takes 1 positional argument"),  # type: ignore[misc]
     (lambda: Backoff().delay(0), ValueError, "attempt must be >= 1, got 0"),
     (lambda: Backoff().delay(1.0), TypeError, "attempt must be an int >= 1, got 1.0"),  # type: ignore[arg-type]
     (lambda: Retry(attempts=0), ValueError, "attempts must be >= 1 (the first attempt counts"),

@@ -44,6 +44,8 @@ def check_policy() -> None:
     assert_type(policy.attempts, float)
     assert_type(policy.backoff, Backoff)
     assert_type(Backoff().delay(3), float)
+    assert_type(Backoff(base=0.5, factor=1.5, cap=2).cap, float)
+    Backoff(0.5)  # type: ignore[call-arg]
     policy.next_delay(1.5, OSError())  # type: ignore[arg-type]
     policy.next_delay(1, "error")  # type: ignore[arg-type]
 
