@@ -920,15 +920,18 @@ async def test_async_bad_input(
 # The retry loop against a plain sequential model, on a virtual clock.
 
 BASE, CAP = 0.25, 2.0
+ERRORS = {
+    "error": lambda i: ValueError(f"error {i}"),  # retried
+    "hint": lambda i: Throttled(0.5),  # retried after exactly 0.5 s
+    "other": lambda i: KeyError(i),  # not retried
+    "fatal": lambda i: Fatal(),  # a BaseException: never retried
+}
+Steps = list[tuple[str, float]]
 
 
-def model(
-    steps: Sequence[tuple[str, float]], attempts: float, deadline: float | None
-) -> tuple[str, int, float]:
-    """How a run ends (its outcome), the attempts it makes, and the instant it ends.
-
-    Each step is (what the attempt does, how long it takes); "hint" fails with a
-    retry-after hint of 0.5 s.
+def model(steps: Steps, attempts: float, deadline: float | None) -> tuple[str, int, float]:
+    """How a run ends (the statistics field it counts in), the attempts it makes, and
+    the instant it ends. Each step is (what the attempt does, how long it takes).
     """
     t = 0.0
     attempt = 0
@@ -940,8 +943,10 @@ def model(
         t += duration
         if kind == "ok":
             return "succeeded", attempt, t
-        if kind == "fatal":
+        if kind == "other":
             return "not_retryable", attempt, t
+        if kind == "fatal":
+            return "cancelled", attempt, t
         if attempt >= attempts:
             return "exhausted", attempt, t
         delay = 0.5 if kind == "hint" else min(CAP, BASE * 2 ** (attempt - 1))
@@ -951,43 +956,40 @@ def model(
 
 
 @st.composite
-def runs(draw: st.DrawFn) -> tuple[list[tuple[str, float]], float, float | None]:
-    """Every instant is a multiple of 1/4 and every deadline is k/4 + 1/8: no ties."""
-    steps = draw(
-        st.lists(
-            st.tuples(
-                st.sampled_from(["ok", "error", "error", "error", "hint", "fatal"]),
-                st.sampled_from([0.0, 0.25, 0.5]),
-            ),
-            max_size=8,
-        )
-    )
+def scenarios(draw: st.DrawFn) -> tuple[float, list[tuple[Steps, float | None]]]:
+    """A policy's attempts, and the runs made with it one after the other.
+
+    Every instant is a multiple of 1/4 and every deadline is k/4 + 1/8: no ties.
+    """
     attempts = draw(st.one_of(st.integers(1, 6), st.just(math.inf)))
-    deadline = draw(st.one_of(st.none(), st.integers(0, 24).map(lambda k: k / 4 + 1 / 8)))
-    return steps, attempts, deadline
+    step = st.tuples(
+        st.sampled_from(["ok", "error", "error", "error", "hint", "other", "fatal"]),
+        st.sampled_from([0.0, 0.25, 0.5]),
+    )
+    deadline = st.one_of(st.none(), st.integers(0, 24).map(lambda k: k / 4 + 1 / 8))
+    runs = draw(st.lists(st.tuples(st.lists(step, max_size=8), deadline), min_size=1, max_size=3))
+    return attempts, runs
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 @settings(max_examples=60, deadline=None)
-@given(run=runs())
+@given(scenario=scenarios())
 def test_matches_the_model(
-    backend: str, run: tuple[list[tuple[str, float]], float, float | None]
+    backend: str, scenario: tuple[float, list[tuple[Steps, float | None]]]
 ) -> None:
-    steps, attempts, deadline = run
-    outcome, calls, end = model(steps, attempts, deadline)
+    attempts, runs = scenario
+    policy = Retry(
+        attempts=attempts,
+        backoff=Backoff(base=BASE, cap=CAP),
+        jitter="none",
+        retry_on=(ValueError, Throttled),
+    )
 
-    async def main() -> None:
-        policy = Retry(attempts=attempts, backoff=Backoff(base=BASE, cap=CAP), jitter="none")
-        outcomes: list[object] = []
-        for i, (kind, _) in enumerate(steps):
-            if kind == "error":
-                outcomes.append(ValueError(f"error {i}"))
-            elif kind == "hint":
-                outcomes.append(Throttled(0.5))
-            elif kind == "fatal":
-                outcomes.append(Fatal())
-            else:
-                outcomes.append(f"ok {i}")
+    async def one_run(steps: Steps, deadline: float | None) -> tuple[str, int]:
+        outcome, calls, end = model(steps, attempts, deadline)
+        outcomes = [
+            f"ok {i}" if kind == "ok" else ERRORS[kind](i) for i, (kind, _) in enumerate(steps)
+        ]
         durations = [duration for _, duration in steps] + [0.0]
         flaky = Flaky(outcomes, durations[:calls])
         raised: BaseException | None = None
@@ -995,26 +997,31 @@ def test_matches_the_model(
         with anyio.move_on_after(math.inf if deadline is None else deadline) as scope:
             try:
                 value = await retry(flaky, policy=policy)
-            except (ValueError, Throttled, Fatal) as exc:
+            except (ValueError, Throttled, KeyError, Fatal) as exc:
                 raised = exc
         assert len(flaky.starts) == calls
         assert flaky.elapsed() == end
-        assert scope.cancelled_caught == (outcome == "cancelled")
+        assert scope.cancelled_caught == (raised is None and outcome == "cancelled")
         if outcome == "succeeded":
             assert raised is None
             assert value == (f"x: ok {calls - 1}" if calls <= len(steps) else "x: ok")
-        elif outcome == "cancelled":
-            assert raised is None
-            assert flaky.cancelled == [calls - 1]
+        elif scope.cancelled_caught:
+            assert flaky.cancelled == [calls - 1]  # the attempt that ran into the deadline
         else:
-            assert raised is outcomes[calls - 1]
-        expected = stats(calls=1, retries=calls - 1)
-        if outcome != "not_retryable":
-            expected = dataclasses.replace(expected, **{outcome: 1})
-        else:
-            # A Fatal is a BaseException: never retried, counted with cancellations.
-            expected = dataclasses.replace(expected, cancelled=1)
-        assert policy.statistics() == expected
+            assert raised is outcomes[calls - 1]  # the last error itself
+        return outcome, calls
+
+    async def main() -> None:
+        expected = ZERO
+        for steps, deadline in runs:
+            outcome, calls = await one_run(steps, deadline)
+            expected = dataclasses.replace(
+                expected,
+                calls=expected.calls + 1,
+                retries=expected.retries + calls - 1,
+                **{outcome: getattr(expected, outcome) + 1},
+            )
+            assert policy.statistics() == expected
 
     backend_name, options = _virtual_asyncio() if backend == "asyncio" else _virtual_trio()
     assert backend_name == backend
