@@ -558,8 +558,13 @@ async def _run(
     fn: Callable[..., Awaitable[T]],
     args: tuple[object, ...],
     kwargs: dict[str, Any],
+    on_attempt: Callable[[int], object] | None = None,
 ) -> T:
-    """The retry loop of :func:`retry` and of decorated functions."""
+    """The retry loop of :func:`retry` and of decorated functions.
+
+    Other code can run it too: ``on_attempt`` is called with the attempt number (1 for
+    the first) just before each attempt starts, for a handle that shows it.
+    """
     await checkpoint()
     policy._record_call()
     outcome: Outcome | None = None
@@ -567,6 +572,8 @@ async def _run(
     previous: float | None = None
     try:
         while True:
+            if on_attempt is not None:
+                on_attempt(attempt)
             try:
                 value = await fn(*args, **kwargs)
             except Exception as exc:

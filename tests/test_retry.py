@@ -761,6 +761,18 @@ class TestStatistics:
         assert policy.statistics().succeeded == 2
         assert policy.statistics().running == 0
 
+    async def test_the_private_loop_reports_each_attempt(self) -> None:
+        from anyio_keyq._retry import _run
+
+        seen: list[tuple[int, int]] = []
+        flaky = Flaky([OSError(), OSError()])
+        policy = Retry(backoff=Backoff(base=0))
+        result = await _run(
+            policy, flaky, ("t",), {}, on_attempt=lambda n: seen.append((n, len(flaky.starts)))
+        )
+        assert result == "t: ok"
+        assert seen == [(1, 0), (2, 1), (3, 2)]  # each before its attempt started
+
     def test_private_hooks_for_other_retry_loops(self) -> None:
         policy = Retry()
         policy._record_call()
