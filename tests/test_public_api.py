@@ -24,6 +24,7 @@ def test_public_objects_report_the_public_module(name: str) -> None:
 FINAL_CLASSES = (
     "AdaptiveLimiter",
     "AdaptiveLimiterStatistics",
+    "Backoff",
     "ConcurrencyScope",
     "DeadLetter",
     "Job",
@@ -33,6 +34,8 @@ FINAL_CLASSES = (
     "PriorityLimiterStatistics",
     "RateLimiter",
     "RateLimiterStatistics",
+    "Retry",
+    "RetryStatistics",
     "ScopeStatistics",
     "SingleFlight",
     "SingleFlightStatistics",
