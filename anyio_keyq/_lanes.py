@@ -40,7 +40,7 @@ from ._permits import (
     priority_of,
 )
 from ._rate import RateLimiter, _TokenBucket
-from ._retry import Retry
+from ._retry import Outcome, Retry
 from ._util import check_bound, check_callable, check_positive_int, check_seconds, final
 
 if TYPE_CHECKING:
@@ -1004,9 +1004,15 @@ class KeyedLanes(Generic[K]):
         extras = job._extras
         retry_at: float | None = None
         if status is _FINISHED:
-            if extras is not None and extras.breaker is not None:
-                breaker, extras.breaker = extras.breaker, None
-                breaker._exit(None)
+            if extras is not None:
+                if extras.breaker is not None:
+                    breaker, extras.breaker = extras.breaker, None
+                    breaker._exit(None)
+                policy = extras.retry or self._retry
+                if policy is not None:
+                    _count(policy, "succeeded")
+            elif self._retry is not None:
+                _count(self._retry, "succeeded")
             job._settle(status, value, exc)
             self._completed += 1
         elif status is _FAILED:
@@ -1022,6 +1028,9 @@ class KeyedLanes(Generic[K]):
                 if isinstance(exc, Exception) and (self._postbox is not None or self._halt):
                     self._failed_for_good(job, fn, args, exc)
         else:
+            policy = self._policy_of(job)
+            if policy is not None and job._attempts:
+                _count(policy, "cancelled")
             job._settle(status, value, exc)
             self._cancelled += 1
         self._running -= 1
@@ -1060,16 +1069,29 @@ class KeyedLanes(Generic[K]):
     def _retry_at(self, job: Job[Any], exc: BaseException) -> float | None:
         """When to start a failed job again, by its retry policy (``None``: never)."""
         extras = job._extras
-        policy = extras.retry if extras is not None and extras.retry is not None else self._retry
-        if policy is None or job._cancel_requested or self._shutdown:
+        policy = self._policy_of(job)
+        if policy is None:
             return None
-        delay = policy.next_delay(job._attempts, exc, None if extras is None else extras.delay)
+        if job._cancel_requested or self._shutdown:
+            _count(policy, "cancelled")
+            return None
+        delay, outcome = policy._decide(
+            job._attempts, exc, None if extras is None else extras.delay
+        )
         if delay is None:
+            assert outcome is not None
+            _count(policy, outcome)
             return None
         policy._record_retry()
         self._retried += 1
         job._more.delay = delay
         return anyio.current_time() + delay
+
+    def _policy_of(self, job: Job[Any]) -> Retry | None:
+        extras = job._extras
+        if extras is not None and extras.retry is not None:
+            return extras.retry
+        return self._retry
 
     def _requeue(self, lane: Lane, job: Job[Any], at: float) -> None:
         """Queue a job to retry at the head of its lane, not to start before *at*."""
@@ -1180,6 +1202,9 @@ class KeyedLanes(Generic[K]):
         lane = job._lane
         if job._attempts:  # it waited to be retried, at the head: the lane may go on
             self._forget_retry(lane)
+            policy = self._policy_of(job)
+            if policy is not None:
+                _count(policy, "cancelled")
         self._settle(job, _CANCELLED)
         self._cancelled += 1
         self._queued -= 1
@@ -1373,6 +1398,7 @@ class KeyedLanes(Generic[K]):
                     while True:
                         timeout = job._timeout
                         if job._cancel_requested:  # cancelled between hand-off and start
+                            job._attempts -= 1  # its function was not called
                             free = self._finish(job, _CANCELLED)
                             timeout = None
                         else:
@@ -1612,6 +1638,12 @@ class KeyedLanes(Generic[K]):
             f"<anyio_keyq.KeyedLanes at {id(self):#x}: {state}, {len(self._lanes)} lanes, "
             f"{self._running} running, {self._queued} queued, limit={self._limit!r}>"
         )
+
+
+def _count(policy: Retry, outcome: Outcome) -> None:
+    """Count a job that ran under *policy* in its statistics, once it has settled."""
+    policy._record_call()
+    policy._record_outcome(outcome)
 
 
 def _check_retry(name: str, value: object) -> None:

@@ -15,14 +15,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from anyio_keyq import (
+    Backoff,
     DeadLetter,
     JobCancelled,
     JobStatus,
     KeyedLanes,
     LaneHalted,
+    Retry,
 )
 from anyio_keyq._breaker import CircuitBreaker, CircuitOpen
-from anyio_keyq._retry import Backoff, Retry
 
 from .conftest import virtual_backend as anyio_backend  # noqa: F401
 
@@ -220,6 +221,28 @@ class TestRetry:
         async with KeyedLanes[str](limit=1, retry=policy()) as lanes:
             assert await lanes.run("a", outer) == "b"
         assert down.starts("b") == [0.0, 0.125]
+
+    async def test_the_policy_counts_the_jobs_of_the_lanes(self) -> None:
+        down = Downstream({"once": 1, "always": 9, "z": 1}, durations={"hangs": math.inf})
+        shared = policy(attempts=2)
+        async with KeyedLanes[str](retry=shared) as lanes:
+            for tag in ("ok", "once", "always"):
+                lanes.submit_nowait(tag, down, tag)
+            hangs = lanes.submit_nowait("hangs", down, "hangs")
+            lanes.submit_nowait("unstarted", down, "unstarted").cancel()  # not counted
+            lanes.submit_nowait("own", down, "own", retry=policy())  # counted by its own
+            await anyio.sleep(1)
+            assert shared.statistics().calls == 3  # counted once settled
+            hangs.cancel()
+        stats = shared.statistics()
+        assert (stats.calls, stats.running, stats.retries) == (4, 0, 2)
+        assert (stats.succeeded, stats.exhausted, stats.cancelled) == (2, 1, 1)
+
+        picky = policy(retry_on=OSError)
+        async with KeyedLanes[str](retry=picky) as lanes:
+            with pytest.raises(Flaky):
+                await lanes.run("z", down, "z")
+        assert picky.statistics().not_retryable == 1
 
     async def test_retry_must_be_a_policy(self) -> None:
         with pytest.raises(TypeError, match="retry must be a Retry policy or None, got 3"):
