@@ -69,3 +69,14 @@ class JobCancelled(Exception):
     def __init__(self, key: Hashable) -> None:
         self.key = key
         super().__init__(f"the job of key {key!r} was cancelled")
+
+
+class PoolClosed(anyio.ClosedResourceError):
+    """Raised by :meth:`Pool.acquire` once the pool is closed.
+
+    Subclasses :exc:`anyio.ClosedResourceError`. Tasks that were waiting for a resource
+    when the pool was closed get it too.
+    """
+
+    def __init__(self, reason: str = "the pool is closed and hands out no resource") -> None:
+        super().__init__(reason)
