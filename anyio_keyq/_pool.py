@@ -322,7 +322,6 @@ class Pool(Generic[R]):
             raise RuntimeError("a Pool instance can be entered only once")
         await checkpoint()
         self._started = True
-        self._wake = anyio.Event()
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
@@ -342,6 +341,7 @@ class Pool(Generic[R]):
             # scope encloses it).
             self._maint_scope = anyio.CancelScope()
             self._maint_done = anyio.Event()
+            self._wake = anyio.Event()
             tg.start_soon(self._maintain, name=f"Pool {describe(self._factory)} maintenance")
         return self
 
@@ -354,11 +354,11 @@ class Pool(Generic[R]):
         with anyio.CancelScope(shield=True):
             await self._shutdown()
         tg = self._tg
-        if tg is not None:
-            self._tg = None
-            # Nothing runs in it any more; the block's exception is not handed to it,
-            # which would wrap it in an ExceptionGroup.
-            await tg.__aexit__(None, None, None)
+        assert tg is not None
+        self._tg = None
+        # Nothing runs in it any more; the block's exception is not handed to it, which
+        # would wrap it in an ExceptionGroup.
+        await tg.__aexit__(None, None, None)
 
     async def aclose(self) -> None:
         """Close the pool. A checkpoint; its work is shielded and bounded in time.
@@ -660,7 +660,6 @@ class Pool(Generic[R]):
 
     async def _maintain_loop(self) -> None:
         while True:
-            assert self._wake is not None
             self._wake = anyio.Event()
             wake = self._wake
             await self._evict(anyio.current_time())

@@ -657,79 +657,161 @@ class TestCancellation:
     async def test_a_resource_handed_over_while_closing_is_closed(self) -> None:
         factory = Factory()
         async with Pool(factory, max_size=1) as pool:
-            victim = anyio.CancelScope()
+            victims = [anyio.CancelScope(), anyio.CancelScope()]
 
-            async def waiter() -> None:
-                with victim:
+            async def waiter(scope: anyio.CancelScope) -> None:
+                with scope:
                     await use(pool)
 
             lease = pool.acquire()
             res = await lease.__aenter__()
             async with anyio.create_task_group() as tg:
-                tg.start_soon(waiter)
-                await anyio.wait_all_tasks_blocked()
-                await lease.__aexit__(None, None, None)  # handed to the waiter
-                victim.cancel()
-                pool._closed = True  # closing, in the same instant
+                for scope in victims:
+                    tg.start_soon(waiter, scope)
+                    await anyio.wait_all_tasks_blocked()
+                # In the same instant: both are cancelled, the first is handed the
+                # resource, and the pool closes (which wakes the second).
+                for scope in victims:
+                    scope.cancel()
+                await lease.__aexit__(None, None, None)
+                await pool.aclose()
+            assert all(scope.cancelled_caught for scope in victims)
             assert res.closed
+            assert settled(pool).size == 0
+
+    async def test_closed_while_replacing_a_refused_resource(self) -> None:
+        factory = Factory()
+        gate = anyio.Event()
+
+        async def close(res: Res) -> None:
+            await gate.wait()
+
+        async with Pool(factory, max_size=1, validate=lambda res: False, close=close) as pool:
+            await use(pool)
+            async with anyio.create_task_group() as tg:
+
+                async def borrower() -> None:
+                    with pytest.raises(PoolClosed):
+                        await use(pool)
+
+                tg.start_soon(borrower)
+                await anyio.wait_all_tasks_blocked()
+                assert pool.statistics().closing == 1
+                await pool.aclose()
+                gate.set()
+            assert settled(pool) == replace(ZERO, created=1, closed=1, acquired=1, invalid=1)
+
+    async def test_closed_while_validating(self) -> None:
+        factory = Factory()
+        gate = anyio.Event()
+
+        async def validate(res: Res) -> bool:
+            await gate.wait()
+            return True
+
+        async with Pool(factory, max_size=1, validate=validate) as pool:
+            res = await use(pool)
+            async with anyio.create_task_group() as tg:
+
+                async def borrower() -> None:
+                    with pytest.raises(PoolClosed):
+                        await use(pool)
+
+                tg.start_soon(borrower)
+                await anyio.wait_all_tasks_blocked()
+                await pool.aclose()
+                gate.set()
+            assert res.closed
+            assert settled(pool).size == 0
+
+    async def test_made_despite_cancellation_while_closing(self) -> None:
+        release = anyio.Event()
+        made: list[Res] = []
+
+        async def stubborn() -> Res:
+            with anyio.CancelScope(shield=True):
+                await release.wait()
+            made.append(Res(len(made)))
+            return made[-1]
+
+        async with Pool(stubborn, max_size=1) as pool:
+            scope = anyio.CancelScope()
+
+            async def victim() -> None:
+                with scope:
+                    await use(pool)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(victim)
+                await anyio.wait_all_tasks_blocked()
+                scope.cancel()
+                await pool.aclose()
+                release.set()
+            assert scope.cancelled_caught
+            assert made[0].closed
             assert settled(pool).size == 0
 
     async def test_cancelled_at_every_await(self) -> None:
         """Fault injection: cancel the workload at its 1st, 2nd, ... await; no leak."""
         target = 1
-        while True:
-            count = 0
-            scope = anyio.CancelScope()
-
-            async def point(scope: anyio.CancelScope = scope) -> None:
-                nonlocal count
-                count += 1
-                if count == target:
-                    scope.cancel()
-                await checkpoint()
-
-            made: list[Res] = []
-
-            async def factory() -> Res:
-                await point()
-                await point()
-                made.append(Res(len(made)))
-                return made[-1]
-
-            async def validate(res: Res) -> bool:
-                await point()
-                return res.n % 3 != 1
-
-            async def close(res: Res) -> None:
-                await point()
-                await res.aclose()
-
-            async with Pool(factory, max_size=2, validate=validate, close=close) as pool:
-
-                async def worker(i: int) -> None:
-                    for j in range(3):
-                        try:
-                            async with pool.acquire() as res:
-                                await point()
-                                if (i + j) % 2:
-                                    raise KeyError(res.n)
-                        except KeyError:
-                            pass
-
-                with scope:
-                    async with anyio.create_task_group() as tg:
-                        for i in range(3):
-                            tg.start_soon(worker, i)
-                stats = settled(pool)
-                assert sorted(r.n for r in made if not r.closed) == sorted(
-                    e.resource.n for e in pool._idle
-                )
-                assert stats.size <= 2
-            assert all(r.closed for r in made)
-            if not scope.cancel_called:
-                break
+        while await cancel_workload_at(target):
             target += 1
         assert target > 20  # the workload had that many awaits to cancel at
+
+
+async def cancel_workload_at(target: int) -> bool:
+    """Run a workload whose *target*-th await cancels it; return whether it did."""
+    count = 0
+    scope = anyio.CancelScope()
+    made: list[Res] = []
+    calls = 0
+
+    async def point() -> None:
+        nonlocal count
+        count += 1
+        if count == target:
+            scope.cancel()
+        await checkpoint()
+
+    async def factory() -> Res:
+        nonlocal calls
+        calls += 1
+        await point()
+        if calls % 4 == 0:
+            raise OSError("refused")
+        await point()
+        made.append(Res(len(made)))
+        return made[-1]
+
+    async def validate(res: Res) -> bool:
+        await point()
+        return res.n % 3 != 1
+
+    async def close(res: Res) -> None:
+        await point()
+        await res.aclose()
+
+    async with Pool(factory, max_size=2, validate=validate, close=close) as pool:
+
+        async def worker(i: int) -> None:
+            for j in range(3):
+                try:
+                    async with pool.acquire() as res:
+                        await point()
+                        if (i + j) % 2:
+                            raise KeyError(res.n)
+                except (KeyError, OSError):
+                    pass
+
+        with scope:
+            async with anyio.create_task_group() as tg:
+                for i in range(3):
+                    tg.start_soon(worker, i)
+        stats = settled(pool)
+        assert sorted(r.n for r in made if not r.closed) == sorted(e.resource.n for e in pool._idle)
+        assert stats.size <= 2
+    assert all(r.closed for r in made)
+    return scope.cancel_called
 
 
 class TestCheckpoints:
@@ -770,8 +852,8 @@ class TestTiming:
             start = anyio.current_time()
             with pytest.raises(
                 TimeoutError,
-                match=r"^<anyio_keyq.Pool at 0x[0-9a-f]+: open, factory=<.*Factory object.*> lent no "
-                r"resource within acquire_timeout=0.5 seconds$",
+                match=r"^<anyio_keyq.Pool at 0x[0-9a-f]+: open, factory=<.*Factory object"
+                r".*> lent no resource within acquire_timeout=0.5 seconds$",
             ):
                 await use(pool)
             assert anyio.current_time() == start + 0.5
@@ -1035,8 +1117,8 @@ class TestMisuse:
         assert (pool.max_size, pool.min_size, pool.size, pool.closed) == (4, 1, 0, False)
         assert pool.statistics() == ZERO
         assert re.fullmatch(
-            r"<anyio_keyq.Pool at 0x[0-9a-f]+: not entered, factory=<.*Factory object.*>, size 0/4, "
-            r"0 idle, 0 borrowed, 0 waiting>",
+            r"<anyio_keyq.Pool at 0x[0-9a-f]+: not entered, factory=<.*Factory object.*>, "
+            r"size 0/4, 0 idle, 0 borrowed, 0 waiting>",
             repr(pool),
         )
 
@@ -1116,3 +1198,117 @@ def test_max_size_holds_under_a_random_schedule(
 ) -> None:
     name, options = _virtual_asyncio() if backend == "asyncio" else _virtual_trio()
     anyio.run(run_schedule, seed, max_size, tasks, backend=name, backend_options=options)
+
+
+# -- against a sequential model --------------------------------------------------------
+
+IDLE_TIMEOUT = 0.75
+MAX_LIFETIME = 2.25
+MAX_SIZE = 3
+
+MODEL_OPS = st.lists(
+    st.one_of(
+        st.just(("acquire", 0)),
+        st.tuples(st.sampled_from(["release", "fail_block", "discard"]), st.integers(0, 5)),
+        st.just(("break", 0)),
+        st.just(("factory_fails", 0)),
+        st.just(("sleep", 0)),
+    ),
+    max_size=40,
+)
+
+
+async def run_model(ops: list[tuple[str, int]]) -> None:
+    """One operation at a time, on a virtual clock; the pool must follow a plain model.
+
+    Time moves in steps of 0.5 s; the timeouts end at odd quarters, so the background
+    task has always closed what expired before an operation looks.
+    """
+    factory = Factory()
+    start = anyio.current_time()
+    now = 0.0
+    idle: list[tuple[int, float, float]] = []  # (resource, created, returned)
+    held: list[tuple[Any, Res, float]] = []  # (lease, resource, created)
+    expected = replace(ZERO)
+    fail_next = False
+
+    def count(**changes: int) -> None:
+        nonlocal expected
+        expected = replace(
+            expected, **{name: getattr(expected, name) + n for name, n in changes.items()}
+        )
+
+    async with Pool(
+        factory,
+        max_size=MAX_SIZE,
+        idle_timeout=IDLE_TIMEOUT,
+        max_lifetime=MAX_LIFETIME,
+        validate=lambda res: res.ok,
+    ) as pool:
+        for op, index in ops:
+            if op == "acquire" and (idle or len(idle) + len(held) < MAX_SIZE):
+                lease = pool.acquire()
+                while idle and not factory.made[idle[-1][0]].ok:
+                    idle.pop()
+                    count(closed=1, invalid=1)
+                if idle:
+                    n, created, _ = idle.pop()
+                elif fail_next:
+                    fail_next = False
+                    count(failed=1)
+                    with pytest.raises(OSError, match="^no$"):
+                        await lease.__aenter__()
+                    continue
+                else:
+                    n, created = len(factory.made), now
+                    count(created=1)
+                res = await lease.__aenter__()
+                assert res.n == n
+                held.append((lease, res, created))
+                count(acquired=1)
+            elif op in ("release", "fail_block", "discard") and held:
+                lease, res, created = held.pop(index % len(held))
+                if op == "release":
+                    await lease.__aexit__(None, None, None)
+                    if now - created >= MAX_LIFETIME:
+                        count(closed=1, expired=1)
+                    else:
+                        idle.append((res.n, created, now))
+                elif op == "fail_block":
+                    error = KeyError("bad")
+                    await lease.__aexit__(KeyError, error, None)
+                    count(closed=1, discarded=1)
+                else:
+                    pool.discard(res)
+                    await lease.__aexit__(None, None, None)
+                    count(closed=1, discarded=1)
+            elif op == "break" and idle:
+                factory.made[idle[-1][0]].ok = False
+            elif op == "factory_fails":
+                fail_next = True
+                factory.fail = [OSError("no")]
+            elif op == "sleep":
+                await anyio.sleep(0.5)
+                now += 0.5
+                assert anyio.current_time() == start + now
+                for item in list(idle):
+                    n, created, returned = item
+                    if now - created >= MAX_LIFETIME or now - returned >= IDLE_TIMEOUT:
+                        idle.remove(item)
+                        count(closed=1, expired=1)
+            stats = pool.statistics()
+            assert stats == replace(
+                expected, size=len(idle) + len(held), idle=len(idle), borrowed=len(held)
+            )
+            assert [e.resource.n for e in pool._idle] == [n for n, _, _ in idle]
+        for lease, _, _ in held:
+            await lease.__aexit__(None, None, None)
+    assert factory.open == []
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=MODEL_OPS)
+def test_sequential_use_matches_a_model(backend: str, ops: list[tuple[str, int]]) -> None:
+    name, options = _virtual_asyncio() if backend == "asyncio" else _virtual_trio()
+    anyio.run(run_model, ops, backend=name, backend_options=options)
