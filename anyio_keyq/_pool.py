@@ -7,6 +7,7 @@ import logging
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, Self, TypeVar
 
@@ -403,7 +404,7 @@ class Pool(Generic[R]):
 
     # -- lending -------------------------------------------------------------------
 
-    def acquire(self) -> _Lease[R]:
+    def acquire(self) -> AbstractAsyncContextManager[R]:
         """Borrow a resource for the duration of an ``async with`` block.
 
         .. code-block:: python
@@ -415,8 +416,8 @@ class Pool(Generic[R]):
         refused by *validate*, or create one; it is a checkpoint, even when a resource
         is at hand. Exit puts the resource back (handing it to the first waiter), or
         closes it if the block raised (see *keep_on_error*), was cancelled, called
-        :meth:`discard`, or outlived *max_lifetime*, or if the pool is closed; exit
-        blocks only while closing, and is then shielded and bounded by
+        :meth:`discard`, or outlived *max_lifetime*, or if the pool is closed. Exit is
+        not a checkpoint; it blocks only while closing, shielded and within
         *close_timeout*. The block's exception goes on unchanged.
 
         :raises TimeoutError: if entry took longer than *acquire_timeout*
