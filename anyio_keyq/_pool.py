@@ -42,7 +42,8 @@ class PoolStatistics:
     idle: int
     #: Resources held by acquirers (being validated, or in an ``async with`` block).
     borrowed: int
-    #: Calls of the factory in progress.
+    #: Resources being created: calls of the factory in progress, or about to start
+    #: in a task that holds room for one.
     creating: int
     #: Resources being closed.
     closing: int
@@ -441,47 +442,40 @@ class Pool(Generic[R]):
 
     async def _acquire_loop(self) -> _Entry[R]:
         yielded = False
+        # Room for one resource, counted in _creating, that this acquirer holds: it
+        # keeps the room of a resource it had to close, so as not to lose its turn.
+        slot = False
         while True:
-            if self._closed:
+            if slot and self._closed:  # closed while this acquirer closed a resource
+                self._creating -= 1
+                self._free_slot()
                 raise PoolClosed
             entry: _Entry[R] | None = None
-            slot = False
-            if not self._waiters:
-                if self._idle:
-                    entry = self._idle.pop()
-                    self._borrowed[id(entry.resource)] = entry
-                elif self.size < self._max_size:
+            if self._idle and (slot or not self._waiters):
+                entry = self._idle.pop()
+                self._borrowed[id(entry.resource)] = entry
+                if slot:
+                    slot = False
+                    self._creating -= 1
+                    self._free_slot()
+            elif not slot:
+                if not self._waiters and self.size < self._max_size:
                     self._creating += 1
                     slot = True
-            if entry is None and not slot:
-                yielded = True
-                entry, slot = await self._wait()
+                else:
+                    yielded = True
+                    entry, slot = await self._wait()
             if slot:
-                entry = await self._create()
-                self._refill_ok = True
-                self._borrowed[id(entry.resource)] = entry
-                try:
-                    await checkpoint()
-                except BaseException:
-                    # Cancelled as the factory returned: the new resource is not lost.
-                    if self._closed:
-                        await self._retire(entry, "shutdown")
-                    else:
-                        del self._borrowed[id(entry.resource)]
-                        self._give(entry)
-                    raise
-                if self._closed:
-                    await self._retire(entry, "shutdown")
-                    raise PoolClosed
-                self._acquired += 1
-                return entry
+                slot = False  # handed to _create, which frees it if the factory fails
+                return await self._new_entry()
             assert entry is not None
-            now = anyio.current_time()
-            if self._expired_at(entry, now):
-                await self._retire(entry, "expired")
+            if self._expired_at(entry, anyio.current_time()):
+                await self._retire(entry, "expired", keep_room=True)
+                slot = True
                 continue
             if self._validate is not None:
                 if not await self._check(entry):
+                    slot = True
                     continue
                 if self._closed:
                     await self._retire(entry, "shutdown")
@@ -490,6 +484,27 @@ class Pool(Generic[R]):
                 await cancel_shielded_checkpoint()
             self._acquired += 1
             return entry
+
+    async def _new_entry(self) -> _Entry[R]:
+        """Create a resource for this acquirer, which holds room for it."""
+        entry = await self._create()
+        self._refill_ok = True
+        self._borrowed[id(entry.resource)] = entry
+        try:
+            await checkpoint()
+        except BaseException:
+            # Cancelled as the factory returned: the new resource is not lost.
+            if self._closed:
+                await self._retire(entry, "shutdown")
+            else:
+                del self._borrowed[id(entry.resource)]
+                self._give(entry)
+            raise
+        if self._closed:
+            await self._retire(entry, "shutdown")
+            raise PoolClosed
+        self._acquired += 1
+        return entry
 
     async def _wait(self) -> tuple[_Entry[R] | None, bool]:
         waiter: _Waiter[R] = _Waiter()
@@ -546,7 +561,7 @@ class Pool(Generic[R]):
             await self._retire(entry, "discarded")
             raise
         if not result:
-            await self._retire(entry, "invalid")
+            await self._retire(entry, "invalid", keep_room=True)
             return False
         return True
 
@@ -613,12 +628,12 @@ class Pool(Generic[R]):
         if wake is not None:
             wake.set()
 
-    async def _retire(self, entry: _Entry[R], why: str) -> None:
-        """Close a borrowed entry and count why."""
+    async def _retire(self, entry: _Entry[R], why: str, *, keep_room: bool = False) -> None:
+        """Close a borrowed entry and count why; *keep_room* for the caller to create."""
         del self._borrowed[id(entry.resource)]
         self._closing += 1
         self._count(why)
-        await self._close_entry(entry)
+        await self._close_entry(entry, keep_room=keep_room)
 
     def _count(self, why: str) -> None:
         if why == "expired":
@@ -628,8 +643,12 @@ class Pool(Generic[R]):
         elif why == "discarded":
             self._discarded += 1
 
-    async def _close_entry(self, entry: _Entry[R]) -> None:
-        """Close an entry counted in ``_closing``: shielded, bounded, never raises."""
+    async def _close_entry(self, entry: _Entry[R], *, keep_room: bool = False) -> None:
+        """Close an entry counted in ``_closing``: shielded, bounded, never raises.
+
+        Its room goes to the first waiter, or with *keep_room* to the caller (counted
+        in ``_creating``).
+        """
         try:
             with anyio.move_on_after(self._close_timeout, shield=True) as scope:
                 result = self._close(entry.resource)
@@ -646,7 +665,10 @@ class Pool(Generic[R]):
         finally:
             self._closing -= 1
             self._closed_count += 1
-            self._free_slot()
+            if keep_room:
+                self._creating += 1
+            else:
+                self._free_slot()
 
     # -- background work -----------------------------------------------------------
 

@@ -305,6 +305,29 @@ class TestValidate:
             stats = settled(pool)
             assert (stats.invalid, stats.created, stats.idle) == (2, 3, 1)
 
+    async def test_a_waiter_handed_a_refused_resource_keeps_its_turn(self) -> None:
+        factory = Factory()
+        order: list[tuple[str, int]] = []
+        async with Pool(factory, max_size=1, validate=lambda res: res.ok) as pool:
+
+            async def borrower(name: str) -> None:
+                async with pool.acquire() as res:
+                    order.append((name, res.n))
+                    await checkpoint()
+
+            async with anyio.create_task_group() as tg:
+                async with pool.acquire() as res:
+                    tg.start_soon(borrower, "first")
+                    await anyio.wait_all_tasks_blocked()
+                    tg.start_soon(borrower, "second")
+                    await anyio.wait_all_tasks_blocked()
+                    res.ok = False
+            # The first waiter was handed the refused resource, closed it, and made a
+            # new one in its place, ahead of the second waiter.
+            assert order == [("first", 1), ("second", 1)]
+            assert res.closed
+            assert settled(pool).invalid == 1
+
     async def test_a_raising_validate_refuses(self, caplog: pytest.LogCaptureFixture) -> None:
         factory = Factory()
 
