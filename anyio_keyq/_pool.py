@@ -146,7 +146,7 @@ class Pool(Generic[R]):
     back is handed straight to the first waiter. Resources past *max_lifetime* since
     their creation, or idle for *idle_timeout*, are closed rather than lent, and
     *validate*, if given, checks each idle resource before it is lent: a resource it
-    refuses is closed and replaced.
+    refuses is closed and replaced (the acquirer keeps its turn).
 
     Unlike an :class:`anyio.CapacityLimiter` (which bounds how many tasks do something
     at once), a pool also keeps the *things* they use, and decides when a thing is
