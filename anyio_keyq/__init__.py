@@ -8,6 +8,7 @@ from ._exceptions import LaneDeadlock as LaneDeadlock
 from ._exceptions import LaneFull as LaneFull
 from ._exceptions import LaneHalted as LaneHalted
 from ._exceptions import LanesClosed as LanesClosed
+from ._exceptions import PoolClosed as PoolClosed
 from ._hedge import hedge as hedge
 from ._iterators import amap as amap
 from ._iterators import batched as batched
@@ -22,6 +23,8 @@ from ._limiters import PriorityLimiter as PriorityLimiter
 from ._limiters import PriorityLimiterStatistics as PriorityLimiterStatistics
 from ._limiters import WeightedLimiter as WeightedLimiter
 from ._limiters import WeightedLimiterStatistics as WeightedLimiterStatistics
+from ._pool import Pool as Pool
+from ._pool import PoolStatistics as PoolStatistics
 from ._rate import RateLimiter as RateLimiter
 from ._rate import RateLimiterStatistics as RateLimiterStatistics
 from ._retry import Backoff as Backoff
@@ -50,6 +53,9 @@ __all__ = (
     "LanesClosed",
     "LanesStatistics",
     "Limiter",
+    "Pool",
+    "PoolClosed",
+    "PoolStatistics",
     "PriorityLimiter",
     "PriorityLimiterStatistics",
     "RateLimiter",

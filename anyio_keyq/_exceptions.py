@@ -90,3 +90,14 @@ class LaneHalted(RuntimeError):
             f"call resume({key!r}) on the lanes to accept its jobs again"
         )
         self.__cause__ = cause
+
+
+class PoolClosed(anyio.ClosedResourceError):
+    """Raised by :meth:`Pool.acquire` once the pool is closed.
+
+    Subclasses :exc:`anyio.ClosedResourceError`. Tasks that were waiting for a resource
+    when the pool was closed get it too.
+    """
+
+    def __init__(self, reason: str = "the pool is closed and hands out no resource") -> None:
+        super().__init__(reason)

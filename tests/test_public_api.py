@@ -30,6 +30,8 @@ FINAL_CLASSES = (
     "Job",
     "KeyedLanes",
     "LanesStatistics",
+    "Pool",
+    "PoolStatistics",
     "PriorityLimiter",
     "PriorityLimiterStatistics",
     "RateLimiter",
@@ -62,6 +64,7 @@ def test_exception_hierarchy() -> None:
     import anyio
 
     assert issubclass(anyio_keyq.LanesClosed, anyio.ClosedResourceError)
+    assert issubclass(anyio_keyq.PoolClosed, anyio.ClosedResourceError)
     assert issubclass(anyio_keyq.LaneFull, anyio.WouldBlock)
     assert issubclass(anyio_keyq.LaneDeadlock, RuntimeError)
     assert issubclass(anyio_keyq.JobCancelled, Exception)
