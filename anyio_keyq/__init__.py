@@ -2,6 +2,10 @@
 
 from ._adaptive import AdaptiveLimiter as AdaptiveLimiter
 from ._adaptive import AdaptiveLimiterStatistics as AdaptiveLimiterStatistics
+from ._breaker import CircuitBreaker as CircuitBreaker
+from ._breaker import CircuitBreakerStatistics as CircuitBreakerStatistics
+from ._breaker import CircuitState as CircuitState
+from ._exceptions import CircuitOpen as CircuitOpen
 from ._exceptions import JobCancelled as JobCancelled
 from ._exceptions import LaneDeadlock as LaneDeadlock
 from ._exceptions import LaneFull as LaneFull
@@ -31,6 +35,10 @@ from ._util import fixup_module_metadata as _fixup_module_metadata
 __all__ = (
     "AdaptiveLimiter",
     "AdaptiveLimiterStatistics",
+    "CircuitBreaker",
+    "CircuitBreakerStatistics",
+    "CircuitOpen",
+    "CircuitState",
     "ConcurrencyScope",
     "Job",
     "JobCancelled",

@@ -24,6 +24,8 @@ def test_public_objects_report_the_public_module(name: str) -> None:
 FINAL_CLASSES = (
     "AdaptiveLimiter",
     "AdaptiveLimiterStatistics",
+    "CircuitBreaker",
+    "CircuitBreakerStatistics",
     "ConcurrencyScope",
     "Job",
     "KeyedLanes",
@@ -61,3 +63,4 @@ def test_exception_hierarchy() -> None:
     assert issubclass(anyio_keyq.LaneFull, anyio.WouldBlock)
     assert issubclass(anyio_keyq.LaneDeadlock, RuntimeError)
     assert issubclass(anyio_keyq.JobCancelled, Exception)
+    assert issubclass(anyio_keyq.CircuitOpen, Exception)
