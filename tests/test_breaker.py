@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from anyio_keyq import CircuitBreaker, CircuitBreakerStatistics, CircuitOpen, CircuitState
@@ -791,11 +791,11 @@ plans = st.lists(
     st.tuples(
         st.integers(0, 48),
         st.integers(1, 4),
-        st.sampled_from(["ok", "fail", "answer", "hang"]),
-        st.none() | st.integers(0, 4),
+        st.sampled_from(["ok", "fail", "fail", "fail", "answer", "hang"]),
+        st.none() | st.none() | st.integers(0, 4),
     ),
-    min_size=1,
-    max_size=25,
+    min_size=4,
+    max_size=30,
 )
 
 ALLOWED = {
@@ -838,6 +838,7 @@ async def faults(
         on_change=changes,
     )
     trials_running = 0
+    trial_ends: list[str] = []  # how each trial call ended
     outcomes: list[str] = []
 
     async def downstream(awaits: int, end: str, cancel_at: int | None, scope_box: list[Any]) -> str:
@@ -852,8 +853,14 @@ async def faults(
                 if end == "hang" and step == awaits:
                     await anyio.sleep_forever()
                 await anyio.sleep(2**-5)
+        except anyio.get_cancelled_exc_class():
+            if is_trial:
+                trial_ends.append("cancelled")
+            raise
         finally:
             trials_running -= is_trial
+        if is_trial:
+            trial_ends.append("failed" if end == "fail" else "succeeded")
         if end == "fail":
             raise ConnectionError
         if end == "answer":
@@ -897,6 +904,16 @@ async def faults(
         assert (old, new) in ALLOWED
         assert old == states[-1]
         states.append(new)
-    # Each half-open period starts with a trial; a cancelled one is followed by another.
-    assert snapshot.trials >= sum(1 for _, _, new in changes.seen if new == "half-open")
+    # Each trial ended once; a failed trial opened the circuit again, a cancelled one
+    # changed nothing, and success_threshold successes in a row closed it.
+    assert snapshot.trials == len(trial_ends)
+    moves = [(old, new) for _, old, new in changes.seen]
+    assert moves.count(("half-open", "open")) == trial_ends.count("failed")
+    assert moves.count(("open", "half-open")) <= len(trial_ends)
+    closes = moves.count(("half-open", "closed"))
+    assert closes * success_threshold <= trial_ends.count("succeeded")
+    # Failures in a row opened the closed circuit: never cancellations or hangs.
+    assert moves.count(("closed", "open")) * threshold <= snapshot.failures
     assert breaker.state.value in (states[-1], "half-open")
+    event(f"opened {min(snapshot.opened, 3)} times (3: or more)")
+    event("a trial was cancelled" if "cancelled" in trial_ends else "no trial cancelled")
