@@ -78,12 +78,19 @@ class CircuitOpen(Exception):
     half-open with its one trial call still in flight. The call was not made: the
     caller fails fast, and the struggling downstream is spared the load.
 
-    :ivar name: the breaker's name (for the breakers of lanes, the key), or ``None``
-    :ivar retry_after: seconds from now until the next trial call may start: while the
-        breaker is open, the rest of its recovery time; while a trial is in flight, the
-        full recovery time (the soonest a next trial could start if the trial failed
-        now; if it succeeds sooner, the circuit is closed by then). Retry policies that
-        honour an exception's ``retry_after`` wait exactly that long.
+    .. attribute:: retry_after
+        :type: float
+
+        Seconds from now until the next trial call may start: while the breaker is
+        open, the rest of its recovery time; while a trial is in flight, the whole
+        recovery time (the soonest a next trial could start if the trial failed now; if
+        it succeeds sooner, the circuit is closed by then). Always > 0. Retry policies
+        that honour an exception's ``retry_after`` wait exactly that long.
+
+    .. attribute:: name
+        :type: object
+
+        The breaker's name (for the breakers of lanes, the key), or ``None``.
     """
 
     def __init__(self, name: object, retry_after: float, *, trial_in_flight: bool) -> None:
