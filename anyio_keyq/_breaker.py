@@ -158,7 +158,9 @@ class CircuitBreaker:
     **No timers, no tasks.** The breaker is a few counters and an instant: the change
     from open to half-open is computed from the event loop's clock
     (:func:`anyio.current_time`, so virtual clocks work) when the breaker is used or
-    looked at. It needs no task group, and can be created before an event loop runs.
+    looked at. It needs no task group, and can be created before an event loop runs;
+    use it from the event loop's thread only (like anyio's and trio's primitives, it is
+    not thread-safe).
 
     **Observing it.** :attr:`state`, :meth:`statistics`, and *on_change*: a function
     called as ``on_change(breaker, old, new)`` after each change of state, in the task

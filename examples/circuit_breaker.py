@@ -19,7 +19,7 @@ import anyio
 
 from anyio_keyq import CircuitBreaker, CircuitOpen, CircuitState
 
-RECOVERY_TIME = 0.05  # seconds the circuit stays open before a trial call
+RECOVERY_TIME = 0.25  # seconds the circuit stays open before a trial call
 
 
 class PaymentService:
