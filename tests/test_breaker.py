@@ -328,6 +328,38 @@ class TestTiming:
         with pytest.raises(ConnectionError):
             await breaker.call(fn)
 
+    async def test_waiting_retry_after_reaches_the_next_trial_exactly(self) -> None:
+        # What a retry policy that honours retry_after does: each wait ends exactly when
+        # the next trial may start, and no attempt is refused twice in a row.
+        downstream = Downstream(latency=0.25)
+        downstream.down = True
+        changes = Changes()
+        breaker = CircuitBreaker(1, 1.0, on_change=changes)
+        attempts: list[tuple[float, str]] = []
+        while True:
+            now = anyio.current_time() - changes.t0
+            try:
+                await breaker.call(downstream)
+            except CircuitOpen as exc:
+                attempts.append((now, "refused"))
+                await anyio.sleep(exc.retry_after)
+            except ConnectionError:
+                attempts.append((now, "failed"))
+                if len(attempts) == 5:
+                    downstream.down = False  # the service comes back
+            else:
+                attempts.append((now, "ok"))
+                break
+        assert attempts == [
+            (0.0, "failed"),  # opens at 0.25
+            (0.25, "refused"),
+            (1.25, "failed"),  # the trial, 1.25 to 1.5: opens again
+            (1.5, "refused"),
+            (2.5, "failed"),  # the trial; then the service comes back
+            (2.75, "refused"),
+            (3.75, "ok"),
+        ]
+
     async def test_trip_and_reset_by_hand(self) -> None:
         changes = Changes()
         breaker = CircuitBreaker(5, 1.0, on_change=changes)
@@ -786,13 +818,14 @@ class TestBadInput:
 
 #: One caller: when it arrives (in 16ths of a second), how many awaits its call makes,
 #: how the call ends ("ok", "fail", "answer": a non-failure exception, "hang"), and the
-#: await at which its task is cancelled (None: never).
+#: await at which its task is cancelled (None: never; -1: before the call, at its
+#: checkpoint).
 plans = st.lists(
     st.tuples(
         st.integers(0, 48),
         st.integers(1, 4),
         st.sampled_from(["ok", "fail", "fail", "fail", "answer", "hang"]),
-        st.none() | st.none() | st.integers(0, 4),
+        st.none() | st.none() | st.integers(-1, 4),
     ),
     min_size=4,
     max_size=30,
@@ -872,6 +905,9 @@ async def faults(
         box: list[Any] = []
         with anyio.move_on_after(2.0) as scope:  # a hang ends by this timeout
             box.append(scope)
+            if cancel_at == -1:
+                scope.cancel()
+                outcomes.append("cancelled before")
             try:
                 await breaker.call(downstream, awaits, end, cancel_at, box)
                 outcomes.append("ok")
@@ -891,11 +927,14 @@ async def faults(
     snapshot = breaker.statistics()
     assert snapshot.in_flight == 0
     assert not snapshot.trial_in_flight
-    assert len(outcomes) == len(plans)
+    assert len(outcomes) == len(plans) + outcomes.count("cancelled before")
     assert snapshot.rejections == outcomes.count("refused")
     assert snapshot.failures == outcomes.count("fail")
     assert snapshot.successes == outcomes.count("ok") + outcomes.count("answer")
-    assert snapshot.calls == len(plans) - outcomes.count("refused")
+    # A call cancelled at its checkpoint never reached the breaker.
+    assert snapshot.calls == len(plans) - outcomes.count("refused") - outcomes.count(
+        "cancelled before"
+    )
     # Cancellations and hangs never opened the circuit: only failures in a row did.
     opened = [change for change in changes.seen if change[2] == "open"]
     assert len(opened) == snapshot.opened <= snapshot.failures
