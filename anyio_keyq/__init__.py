@@ -2,7 +2,11 @@
 
 from ._adaptive import AdaptiveLimiter as AdaptiveLimiter
 from ._adaptive import AdaptiveLimiterStatistics as AdaptiveLimiterStatistics
+from ._breaker import CircuitBreaker as CircuitBreaker
+from ._breaker import CircuitBreakerStatistics as CircuitBreakerStatistics
+from ._breaker import CircuitState as CircuitState
 from ._dead_letter import DeadLetter as DeadLetter
+from ._exceptions import CircuitOpen as CircuitOpen
 from ._exceptions import JobCancelled as JobCancelled
 from ._exceptions import LaneDeadlock as LaneDeadlock
 from ._exceptions import LaneFull as LaneFull
@@ -41,6 +45,10 @@ __all__ = (
     "AdaptiveLimiter",
     "AdaptiveLimiterStatistics",
     "Backoff",
+    "CircuitBreaker",
+    "CircuitBreakerStatistics",
+    "CircuitOpen",
+    "CircuitState",
     "ConcurrencyScope",
     "DeadLetter",
     "Job",

@@ -6,15 +6,13 @@ import inspect
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import anyio
 from anyio.abc import ObjectSendStream
 
+from ._job import Job  # noqa: TC001  # the docs resolve annotations
 from ._util import final
-
-if TYPE_CHECKING:
-    from ._job import Job
 
 K = TypeVar("K", bound=Hashable)
 

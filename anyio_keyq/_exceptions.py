@@ -101,3 +101,42 @@ class PoolClosed(anyio.ClosedResourceError):
 
     def __init__(self, reason: str = "the pool is closed and hands out no resource") -> None:
         super().__init__(reason)
+
+
+class CircuitOpen(Exception):
+    """Raised instead of calling through a :class:`CircuitBreaker` that refuses calls.
+
+    The breaker is open (recent calls failed, and its recovery time has not passed), or
+    half-open with its one trial call still in flight. The call was not made: the
+    caller fails fast, and the struggling downstream is spared the load.
+
+    .. attribute:: retry_after
+        :type: float
+
+        Seconds from now until the next trial call may start: while the breaker is
+        open, the rest of its recovery time; while a trial is in flight, the whole
+        recovery time (the soonest a next trial could start if the trial failed now; if
+        it succeeds sooner, the circuit is closed by then). Always > 0. Retry policies
+        that honour an exception's ``retry_after`` wait exactly that long.
+
+    .. attribute:: name
+        :type: object
+
+        The breaker's name (for the breakers of lanes, the key), or ``None``.
+    """
+
+    def __init__(self, name: object, retry_after: float, *, trial_in_flight: bool) -> None:
+        self.name = name
+        self.retry_after = retry_after
+        which = "the circuit breaker" if name is None else f"the circuit breaker {name!r}"
+        if trial_in_flight:
+            why = (
+                f"{which} is half-open and its one trial call is in flight: calls fail "
+                f"fast until it ends (retry_after={retry_after:.3g} s, in case it fails)"
+            )
+        else:
+            why = (
+                f"{which} is open: calls fail fast until the next trial call, "
+                f"in {retry_after:.3g} s"
+            )
+        super().__init__(why)

@@ -125,8 +125,9 @@ class _JobExtras:
         # that depends on it).
         self.retry: Retry | None = None
         self.delay: float | None = None
-        # The circuit breaker the running attempt has entered, to report its outcome.
-        self.breaker: CircuitBreaker | None = None
+        # The circuit breaker the running attempt has entered, and its ticket, to
+        # report the attempt's outcome.
+        self.breaker: tuple[CircuitBreaker, int] | None = None
 
 
 @final

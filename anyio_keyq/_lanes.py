@@ -23,6 +23,7 @@ from typing import (
 )
 
 import anyio
+from anyio.abc import ObjectSendStream  # noqa: TC002  # the docs resolve annotations
 from anyio.lowlevel import cancel_shielded_checkpoint, checkpoint, checkpoint_if_cancelled
 
 from ._breaker import CircuitBreaker
@@ -45,8 +46,6 @@ from ._util import check_bound, check_callable, check_positive_int, check_second
 
 if TYPE_CHECKING:
     from types import TracebackType
-
-    from anyio.abc import ObjectSendStream
 
     from ._lane import Lane
 
@@ -1006,8 +1005,8 @@ class KeyedLanes(Generic[K]):
         if status is _FINISHED:
             if extras is not None:
                 if extras.breaker is not None:
-                    breaker, extras.breaker = extras.breaker, None
-                    breaker._exit(None)
+                    (breaker, ticket), extras.breaker = extras.breaker, None
+                    breaker._exit(ticket, None)
                 policy = extras.retry or self._retry
                 if policy is not None:
                     _count(policy, "succeeded")
@@ -1471,8 +1470,11 @@ class KeyedLanes(Generic[K]):
                 )
         extras = job._extras
         if extras is not None and extras.breaker is not None:
-            breaker, extras.breaker = extras.breaker, None
-            breaker._exit(exc if error is None else error)  # a cancellation: no outcome
+            (breaker, ticket), extras.breaker = extras.breaker, None
+            try:
+                breaker._exit(ticket, exc if error is None else error)  # cancelled: no outcome
+            except Exception as judging:  # its failure_on predicate raised: the job fails
+                status, error, timed_out = _FAILED, judging, False
         return self._finish(job, status, exc=error, timed_out=timed_out)
 
     def _enter_breaker(self, job: Job[Any]) -> None:
@@ -1481,9 +1483,8 @@ class KeyedLanes(Generic[K]):
         breaker = extras.breaker
         if breaker is None:
             assert self._breaker is not None
-            breaker = extras.breaker = self._breaker._copy()
-        breaker._enter()
-        job._more.breaker = breaker
+            breaker = extras.breaker = self._breaker._copy(job.key)
+        job._more.breaker = (breaker, breaker._enter())
 
     async def _park(self) -> Job[Any] | None:
         """Wait for work as a spare worker; ``None`` means exit."""

@@ -30,6 +30,8 @@ from __future__ import annotations
 import random
 from collections import Counter
 from contextlib import AsyncExitStack
+from functools import partial
+from typing import Any, cast
 
 import anyio
 from anyio.abc import SocketAttribute, SocketStream
@@ -39,6 +41,7 @@ from anyio_keyq import (
     Backoff,
     CircuitBreaker,
     DeadLetter,
+    Job,
     KeyedLanes,
     Pool,
     Retry,
@@ -91,9 +94,11 @@ class Client:
 
     async def open(self, stack: AsyncExitStack) -> None:
         for host, port in self.ports.items():
-            self.pools[host] = await stack.enter_async_context(
-                Pool(lambda port=port: anyio.connect_tcp("127.0.0.1", port), max_size=3)
-            )
+            connect = partial(self.connect, port)
+            self.pools[host] = await stack.enter_async_context(Pool(connect, max_size=3))
+
+    async def connect(self, port: int) -> SocketStream:
+        return await anyio.connect_tcp("127.0.0.1", port)
 
     async def get(self, host: str, path: str) -> str:
         async with self.pools[host].acquire() as stream:
@@ -112,7 +117,8 @@ class Client:
 def transient(exc: Exception) -> bool:
     """Worth another try: busy, or no connection (for every call of a failed hedge)."""
     if isinstance(exc, ExceptionGroup):
-        return all(transient(inner) for inner in exc.exceptions)
+        group = cast("ExceptionGroup[Exception]", exc)
+        return all(transient(inner) for inner in group.exceptions)
     return isinstance(exc, Busy | OSError)
 
 
@@ -133,8 +139,17 @@ async def main() -> None:
         retry_on=transient,
     )
     letters: list[DeadLetter[str]] = []
+    ports = {"down": await refused_port()}
+    jobs: dict[tuple[str, str], Job[Any]] = {}
+    elapsed = 0.0
+    lanes = KeyedLanes[str](
+        limit=8,
+        per_key=2,
+        retry=policy,
+        breaker=CircuitBreaker(failure_threshold=3, recovery_time=10),
+        dead_letter=letters.append,
+    )
     async with anyio.create_task_group() as servers, AsyncExitStack() as stack:
-        ports = {"down": await refused_port()}
         for host in hosts:
             listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
             ports[host.name] = listener.extra(SocketAttribute.local_port)
@@ -143,25 +158,17 @@ async def main() -> None:
         await client.open(stack)
 
         start = anyio.current_time()
-        async with KeyedLanes[str](
-            limit=8,
-            per_key=2,
-            retry=policy,
-            breaker=CircuitBreaker(failure_threshold=3, recovery_time=10),
-            dead_letter=letters.append,
-        ) as lanes:
-            jobs = {
-                (host, path): lanes.submit_nowait(host, client.fetch, host, path)
-                for path in (f"/item/{i}" for i in range(PATHS))
-                for host in ports
-            }
+        async with lanes:
+            for path in (f"/item/{i}" for i in range(PATHS)):
+                for name in ports:
+                    jobs[name, path] = lanes.submit_nowait(name, client.fetch, name, path)
         elapsed = anyio.current_time() - start
         servers.cancel_scope.cancel()
 
     fetched = Counter(host for (host, _), job in jobs.items() if job.exception() is None)
     dead = Counter(letter.key for letter in letters)
-    for host in ports:
-        print(f"{host:>9}: {fetched[host]:2} fetched, {dead[host]:2} dead letters")
+    for name in ports:
+        print(f"{name:>9}: {fetched[name]:2} fetched, {dead[name]:2} dead letters")
     stats = lanes.statistics()
     print(f"retried {stats.retried} requests; stalled ones were hedged")
     assert fetched == {"fast": PATHS, "flaky": PATHS, "slow-tail": PATHS}

@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 
 from anyio_keyq import (
     Backoff,
+    CircuitBreaker,
+    CircuitOpen,
     DeadLetter,
     JobCancelled,
     JobStatus,
@@ -23,7 +25,6 @@ from anyio_keyq import (
     LaneHalted,
     Retry,
 )
-from anyio_keyq._breaker import CircuitBreaker, CircuitOpen
 
 from .conftest import virtual_backend as anyio_backend  # noqa: F401
 
@@ -226,14 +227,14 @@ class TestRetry:
         down = Downstream({"once": 1, "always": 9, "z": 1}, durations={"hangs": math.inf})
         shared = policy(attempts=2)
         async with KeyedLanes[str](retry=shared) as lanes:
-            for tag in ("ok", "once", "always"):
-                lanes.submit_nowait(tag, down, tag)
+            jobs = [lanes.submit_nowait(tag, down, tag) for tag in ("ok", "once", "always")]
             hangs = lanes.submit_nowait("hangs", down, "hangs")
             lanes.submit_nowait("unstarted", down, "unstarted").cancel()  # not counted
             lanes.submit_nowait("own", down, "own", retry=policy())  # counted by its own
             await anyio.sleep(1)
             assert shared.statistics().calls == 3  # counted once settled
             hangs.cancel()
+        assert [type(job.exception()) for job in jobs] == [type(None), type(None), Flaky]
         stats = shared.statistics()
         assert (stats.calls, stats.running, stats.retries) == (4, 0, 2)
         assert (stats.succeeded, stats.exhausted, stats.cancelled) == (2, 1, 1)
@@ -516,7 +517,9 @@ class TestAgainstAModel:
         got = []
         for job in jobs:
             exc = job.exception()
-            got.append("ok" if exc is None else "halted" if isinstance(exc, LaneHalted) else "failed")
+            got.append(
+                "ok" if exc is None else "halted" if isinstance(exc, LaneHalted) else "failed"
+            )
         assert got == outcomes
         assert [job.attempts for job in jobs] == [
             0 if outcome == "halted" else min(plan[i][1] + 1, attempts)

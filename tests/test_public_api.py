@@ -25,6 +25,8 @@ FINAL_CLASSES = (
     "AdaptiveLimiter",
     "AdaptiveLimiterStatistics",
     "Backoff",
+    "CircuitBreaker",
+    "CircuitBreakerStatistics",
     "ConcurrencyScope",
     "DeadLetter",
     "Job",
@@ -68,3 +70,4 @@ def test_exception_hierarchy() -> None:
     assert issubclass(anyio_keyq.LaneFull, anyio.WouldBlock)
     assert issubclass(anyio_keyq.LaneDeadlock, RuntimeError)
     assert issubclass(anyio_keyq.JobCancelled, Exception)
+    assert issubclass(anyio_keyq.CircuitOpen, Exception)
