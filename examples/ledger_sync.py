@@ -5,8 +5,9 @@ missing one would give a wrong balance. So each account is a lane, a flaky call 
 retried at the head of its lane (the entries behind it wait), and an entry that still
 fails halts its account: the entries queued behind it are not sent, and every entry
 that was not applied goes to the dead-letter, here a list an operator looks at (a
-memory object stream read by a task of its own works too). The other accounts go on. Once the cause is fixed, ``resume()`` opens the
-account again and the dead letters are submitted anew, in order.
+memory object stream read by a task of its own works too). The other accounts go on.
+Once the cause is fixed, ``resume()`` opens the account again and the dead letters are
+submitted anew, in order.
 
 The bank is simulated: it rejects entry 3 of account "acme" until it is fixed, and
 fails one call in five at random, which the retries absorb. Run it with

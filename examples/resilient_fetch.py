@@ -31,10 +31,10 @@ import random
 from collections import Counter
 from contextlib import AsyncExitStack
 from functools import partial
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
-from anyio.abc import SocketAttribute, SocketStream
+from anyio.abc import Listener, SocketAttribute, SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from anyio_keyq import (
@@ -47,6 +47,9 @@ from anyio_keyq import (
     Retry,
     hedge,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
 
 PATHS = 24
 STALL = 1.0  # seconds a slow-tail request stalls
@@ -114,6 +117,13 @@ class Client:
         return await hedge(self.get, host, path, delays=(0.05,))
 
 
+async def serve(
+    listener: Listener[SocketStream], handler: Callable[[SocketStream], Awaitable[None]]
+) -> None:
+    async with listener:
+        await listener.serve(handler)
+
+
 def transient(exc: Exception) -> bool:
     """Worth another try: busy, or no connection (for every call of a failed hedge)."""
     if isinstance(exc, ExceptionGroup):
@@ -153,7 +163,7 @@ async def main() -> None:
         for host in hosts:
             listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
             ports[host.name] = listener.extra(SocketAttribute.local_port)
-            servers.start_soon(listener.serve, host.handle)
+            servers.start_soon(serve, listener, host.handle)
         client = Client(ports)
         await client.open(stack)
 
