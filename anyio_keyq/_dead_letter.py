@@ -58,8 +58,8 @@ class Postbox:
     letter waits here, and one task started on demand delivers it. A stream gets
     every letter (the task waits for room: nothing is dropped), and is closed once
     the lanes are, so that ``async for letter in receive_stream`` ends. If the lanes'
-    host is cancelled, a function still gets every letter (shielded), a stream what
-    fits in its buffer.
+    host is cancelled, a function still gets every letter that was waiting (shielded),
+    a stream what fits in its buffer.
     """
 
     __slots__ = (

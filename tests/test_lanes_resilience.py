@@ -245,6 +245,24 @@ class TestRetry:
                 await lanes.run("z", down, "z")
         assert picky.statistics().not_retryable == 1
 
+    async def test_a_job_that_fails_while_being_cancelled_is_not_retried(self) -> None:
+        async def stubborn() -> None:
+            try:
+                await anyio.sleep(math.inf)
+            except anyio.get_cancelled_exc_class():
+                raise Flaky("cleanup") from None
+
+        shared = policy()
+        async with KeyedLanes[str](retry=shared) as lanes:
+            job = lanes.submit_nowait("a", stubborn)
+            await anyio.sleep(1)
+            job.cancel()
+            await job.wait()
+        with pytest.raises(Flaky):  # its outcome is kept, and not retried
+            job.result()
+        assert job.attempts == 1
+        assert shared.statistics().cancelled == 1
+
     async def test_retry_must_be_a_policy(self) -> None:
         with pytest.raises(TypeError, match="retry must be a Retry policy or None, got 3"):
             KeyedLanes(retry=3)  # type: ignore[arg-type]
@@ -325,6 +343,30 @@ class TestDeadLetter:
             async with KeyedLanes[str](dead_letter=broken) as lanes:
                 lanes.submit_nowait("a", Downstream({"a": 1}), "a")
         assert [str(exc) for exc in failed.value.exceptions] == ["archive is down"]
+
+    async def test_a_cancelled_host_still_hands_over_the_letters(self) -> None:
+        # No consumer reads the stream: the letters that fit in its buffer are sent,
+        # and it is closed; an async function gets every letter, shielded.
+        send, receive = anyio.create_memory_object_stream[DeadLetter[int]](2)
+        seen: list[int] = []
+
+        async def slow_archive(letter: DeadLetter[int]) -> None:
+            await anyio.sleep(1)
+            seen.append(letter.key)
+
+        fails = {i: 1 for i in range(4)}
+        with anyio.move_on_after(0.5):
+            async with anyio.create_task_group() as tg:
+                to_stream = KeyedLanes[int](dead_letter=send, task_group=tg)
+                to_function = KeyedLanes[int](dead_letter=slow_archive, task_group=tg)
+                for i in range(4):
+                    to_stream.submit_nowait(i, Downstream(fails), i)
+                    to_function.submit_nowait(i, Downstream(fails), i)
+        async with receive:
+            assert len([letter async for letter in receive]) == 2  # then it is closed
+        # The letter being archived when the cancellation came is the function's own
+        # business; the three others were waiting, and are delivered.
+        assert len(seen) == 3
 
     async def test_dead_letter_must_be_a_stream_or_a_callable(self) -> None:
         with pytest.raises(TypeError, match="dead_letter must be an object send stream"):
@@ -459,6 +501,15 @@ class TestBreakerPerKey:
         async with KeyedLanes[str](breaker=CircuitBreaker()) as lanes:
             await lanes.run("a", Downstream(), "a")
             assert "a" not in lanes
+
+    async def test_a_failure_on_predicate_that_raises_fails_the_job(self) -> None:
+        def judge(exc: Exception) -> bool:
+            raise LookupError("cannot judge")
+
+        async with KeyedLanes[str](breaker=CircuitBreaker(failure_on=judge)) as lanes:
+            with pytest.raises(LookupError, match="cannot judge"):
+                await lanes.run("a", Downstream({"a": 1}), "a")
+            assert await lanes.run("a", Downstream(), "a") == "a"
 
     async def test_breaker_must_be_a_circuit_breaker(self) -> None:
         with pytest.raises(TypeError, match="breaker must be a CircuitBreaker or None, got 5"):
