@@ -307,7 +307,7 @@ class TestDeadLetter:
         assert seen == [1.0]
 
     async def test_a_stream_gets_every_letter_and_is_closed_with_the_lanes(self) -> None:
-        down = Downstream({i: 1 for i in range(5)})
+        down = Downstream(dict.fromkeys(range(5), 1))
         send, receive = anyio.create_memory_object_stream[DeadLetter[int]](0)
         received: list[int] = []
 
@@ -354,7 +354,7 @@ class TestDeadLetter:
             await anyio.sleep(1)
             seen.append(letter.key)
 
-        fails = {i: 1 for i in range(4)}
+        fails = dict.fromkeys(range(4), 1)
         with anyio.move_on_after(0.5):
             async with anyio.create_task_group() as tg:
                 to_stream = KeyedLanes[int](dead_letter=send, task_group=tg)
