@@ -197,7 +197,7 @@ class RedisQueue:
     the server (use an idempotency key to make a retried enqueue harmless).
 
     :param url: the Redis URL (``redis://``, ``rediss://`` for TLS, ``unix://``), with
-        user, password and database as usual; it goes to :meth:`coredis.Redis.from_url`
+        user, password and database as usual; it goes to ``coredis.Redis.from_url``
         unchanged
     :param name: the queue's name: every key of the queue lives under the hash tag
         ``{name}``

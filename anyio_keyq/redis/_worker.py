@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Self
 
 import anyio
 import coredis.exceptions
+from anyio.abc import TaskStatus  # noqa: TC002 - the API reference resolves it
 
 from .._util import check_positive_int, check_seconds, final
 from ._queue import Store, check_name, decode, text
@@ -17,7 +18,7 @@ from ._queue import Store, check_name, decode, text
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from anyio.abc import TaskGroup, TaskStatus
+    from anyio.abc import TaskGroup
 
 logger = logging.getLogger("anyio_keyq.redis")
 
@@ -29,7 +30,7 @@ CLEANUP_TIMEOUT = 5.0
 
 
 class RetryPolicy(Protocol):
-    """What a worker needs of a retry policy (:class:`anyio_keyq.Retry` fits)."""
+    """What a worker needs of a retry policy (``anyio_keyq.Retry`` fits)."""
 
     def next_delay(
         self, attempt: int, exc: BaseException, previous: float | None = None
@@ -168,7 +169,7 @@ class RedisWorker:
     :param concurrency: how many jobs this worker runs at once
     :param lease: seconds a lease lasts; it is renewed every ``lease / 3`` while the
         job runs, and a crashed worker's keys are taken over after it expires
-    :param retry: the retry policy for failed runs (an :class:`anyio_keyq.Retry`);
+    :param retry: the retry policy for failed runs (an ``anyio_keyq.Retry``);
         ``None``: a failed job goes to the dead letters at once
     :param max_active: a cap on the jobs running at once on the whole queue, over
         all workers (give every worker the same cap); ``None``: no cap
