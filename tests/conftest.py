@@ -6,7 +6,6 @@ import pytest
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
 
 BACKENDS = [
     pytest.param(("asyncio", {"debug": True}), id="asyncio"),
@@ -41,13 +40,11 @@ def virtual_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]
 REDIS_PASSWORD = "keyq-test-secret"
 
 
-def _redis_answers(sock: Path) -> bool:
+def _redis_answers(port: int) -> bool:
     import socket
 
     try:
-        with socket.socket(socket.AF_UNIX) as s:
-            s.settimeout(1.0)
-            s.connect(str(sock))
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
             s.sendall(f"AUTH keyq {REDIS_PASSWORD}\r\nPING\r\n".encode())
             reply = b""
             while b"PONG" not in reply and b"-" not in reply:
@@ -60,12 +57,25 @@ def _redis_answers(sock: Path) -> bool:
         return False
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A Redis server of the test session's own, on a unix socket, with a password.
+    """A Redis server of the test session's own, on a free 127.0.0.1 port, with a password.
 
     The URL carries a user and password, so every Redis test also shows that they
     pass through to the client. Fails (never skips) when ``redis-server`` is missing.
+
+    TCP rather than a unix socket: anyio's unix socket streams on asyncio can raise
+    InvalidStateError in a loop callback when a receive is cancelled just as data
+    arrives (a worker cancels its blocking wait when it stops).
     """
     import shutil
     import subprocess
@@ -78,28 +88,33 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             "(apt-get install redis-server) before the tests"
         )
     directory = tmp_path_factory.mktemp("redis")
-    sock = directory / "redis.sock"
-    proc = subprocess.Popen(
-        [
-            exe,
-            "--port", "0",
-            "--unixsocket", str(sock),
-            "--unixsocketperm", "700",
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", str(directory),
-            "--user", "default", "off",
-            "--user", "keyq", "on", f">{REDIS_PASSWORD}", "~*", "&*", "+@all",
-        ],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
+    for _ in range(5):  # pragma: no branch - another process may take the free port first
+        port = _free_port()
+        proc = subprocess.Popen(
+            [
+                exe,
+                "--port", str(port),
+                "--bind", "127.0.0.1",
+                "--save", "",
+                "--appendonly", "no",
+                "--dir", str(directory),
+                "--user", "default", "off",
+                "--user", "keyq", "on", f">{REDIS_PASSWORD}", "~*", "&*", "+@all",
+            ],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
         deadline = time.monotonic() + 10
-        while not _redis_answers(sock):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"redis-server did not start (exit status {proc.poll()})")
+        while not _redis_answers(port) and proc.poll() is None:
+            if time.monotonic() > deadline:  # pragma: no cover
+                proc.kill()
+                pytest.fail("redis-server did not answer within 10 seconds")
             time.sleep(0.01)
-        yield f"unix://keyq:{REDIS_PASSWORD}@{sock}"
+        if proc.poll() is None:
+            break
+    else:  # pragma: no cover
+        pytest.fail(f"redis-server did not start (exit status {proc.poll()})")
+    try:
+        yield f"redis://keyq:{REDIS_PASSWORD}@127.0.0.1:{port}/0"
     finally:
         proc.terminate()
         try:

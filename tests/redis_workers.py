@@ -17,15 +17,14 @@ import coredis
 if TYPE_CHECKING:
     from anyio_keyq.redis import RedisJob
 
-_fd: int | None = None
+_fds: dict[str, int] = {}
 
 
 def _log(*fields: object) -> None:
-    global _fd
-    if _fd is None:
-        path = os.path.join(os.environ["KEYQ_TEST_LOG_DIR"], f"{os.getpid()}.log")
-        _fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    os.write(_fd, (" ".join(map(str, fields)) + "\n").encode())
+    path = os.path.join(os.environ["KEYQ_TEST_LOG_DIR"], f"{os.getpid()}.log")
+    if path not in _fds:
+        _fds[path] = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.write(_fds[path], (" ".join(map(str, fields)) + "\n").encode())
 
 
 async def step(job: RedisJob) -> None:
@@ -65,4 +64,10 @@ async def pause(job: RedisJob) -> None:
             _log("late", job.attempt, job.fence, accepted)
 
 
-HANDLERS = {"step": step, "pause": pause}
+async def hang(job: RedisJob) -> None:
+    """Run until cancelled."""
+    _log("hang", job.key, job.attempt)
+    await anyio.sleep_forever()
+
+
+HANDLERS = {"step": step, "pause": pause, "hang": hang}

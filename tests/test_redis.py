@@ -390,12 +390,12 @@ class TestWorker:
         self, queue: RedisQueue, redis_url: str, queue_name: str
     ) -> None:
         async def slow(job: RedisJob) -> None:
-            await anyio.sleep(0.5)
+            await anyio.sleep(1.25)  # 2.5 leases
 
         await queue.enqueue("k", "slow")
         async with (
-            RedisWorker(redis_url, queue_name, {"slow": slow}, lease=0.15) as w1,
-            RedisWorker(redis_url, queue_name, {"slow": slow}, lease=0.15) as w2,
+            RedisWorker(redis_url, queue_name, {"slow": slow}, lease=0.5) as w1,
+            RedisWorker(redis_url, queue_name, {"slow": slow}, lease=0.5) as w2,
         ):
             async with anyio.create_task_group() as tg:
                 await tg.start(w1.serve)
@@ -412,7 +412,7 @@ class TestWorker:
         rec = Recorder()
         await queue.enqueue("k", "hold", 1)
         async with RedisWorker(
-            redis_url, queue_name, {"hold": rec.hold}, lease=0.3, poll_interval=0.05
+            redis_url, queue_name, {"hold": rec.hold}, lease=1.0, poll_interval=0.05
         ) as w:
             async with anyio.create_task_group() as tg:
                 await tg.start(w.serve)
@@ -560,6 +560,101 @@ class TestRedisUnavailable:
                 await drain(q, w)
         # The first completion was lost: the lease expired and the job ran again.
         assert [r[:3] for r in rec.runs] == [("k", 1, 1), ("k", 1, 2)]
+
+    async def test_renewals_that_fail_until_the_lease_ends_cancel_the_handler(
+        self, redis_url: str, queue_name: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        rec = Recorder()
+        async with RedisQueue(redis_url, queue_name) as q:
+            await q.enqueue("k", "hold", 1)
+            async with RedisWorker(
+                redis_url, queue_name, {"hold": rec.hold}, lease=0.3, grace=0
+            ) as w:
+                real = w._store.run
+
+                async def no_renewals(script: str, *args: str | bytes | int) -> Any:
+                    if script == "RENEW":
+                        raise coredis.exceptions.ConnectionError("gone")
+                    return await real(script, *args)
+
+                monkeypatch.setattr(w._store, "run", no_renewals)
+                async with anyio.create_task_group() as tg:
+                    await tg.start(w.serve)
+                    with anyio.fail_after(20):
+                        await rec.cancelled_event.wait()
+                    w.stop()
+                assert w.statistics().lost == 1
+            assert await q.pending("k") == 1
+
+    async def test_a_late_report_is_refused_when_the_key_changed_hands(
+        self, redis_url: str, queue_name: str
+    ) -> None:
+        async def steal(job: RedisJob) -> None:
+            async with coredis.Redis.from_url(redis_url) as client:
+                await client.hset(f"keyq:{{{queue_name}}}:owner", {job.key: "999999"})
+
+        async with RedisQueue(redis_url, queue_name) as q:
+            await q.enqueue("k", "steal", 1)
+            async with RedisWorker(redis_url, queue_name, {"steal": steal}, lease=10) as w:
+                async with anyio.create_task_group() as tg:
+                    await tg.start(w.serve)
+                    await until(lambda: has_lost(w))
+                    w.stop()
+                assert w.statistics().completed == 0
+            assert await q.pending("k") == 1
+
+    async def test_a_failed_wait_is_survived(
+        self, redis_url: str, queue_name: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        rec = Recorder()
+        async with RedisQueue(redis_url, queue_name) as q:
+            async with RedisWorker(
+                redis_url, queue_name, {"record": rec.record}, poll_interval=0.01
+            ) as w:
+                failures = 1
+                real = w._store.client.blpop
+
+                def blpop(keys: list[str], timeout: float) -> Any:
+                    nonlocal failures
+                    if failures:
+                        failures -= 1
+                        raise coredis.exceptions.ConnectionError("gone")
+                    return real(keys, timeout=timeout)
+
+                async def no_failures_left() -> bool:
+                    return failures == 0
+
+                monkeypatch.setattr(w._store.client, "blpop", blpop)
+                async with anyio.create_task_group() as tg:
+                    await tg.start(w.serve)
+                    await until(no_failures_left)
+                    await q.enqueue("k", "record", 1)
+                    await until(no_lanes(q))
+                    w.stop()
+
+        assert rec.runs[0][:2] == ("k", 1)
+
+
+async def has_lost(worker: RedisWorker) -> bool:
+    return worker.statistics().lost > 0
+
+
+async def test_odd_stored_values_are_read_defensively(redis_url: str, queue_name: str) -> None:
+    from anyio_keyq.redis._queue import decode
+
+    with pytest.raises(ValueError, match=r"^malformed pickled payload: "):
+        decode(b"not a pickle", b"p", accept_pickle=True)
+    store = Store(redis_url, queue_name)
+    await store.close()  # closing what is not open does nothing
+    async with RedisQueue(redis_url, queue_name) as q:
+        await q.enqueue("k", "missing")
+        async with RedisWorker(redis_url, queue_name, {}) as w:
+            await drain(q, w)
+        [dead] = await q.dead_letters()
+        async with coredis.Redis.from_url(redis_url) as client:
+            await client.hset(f"keyq:{{{queue_name}}}:job:{dead.id}", {"attempts": "x"})
+        [dead] = await q.dead_letters()
+        assert dead.attempts == 0
 
 
 def test_importing_the_package_does_not_import_coredis() -> None:

@@ -18,6 +18,8 @@ from ._worker import RedisWorker, RetryPolicy
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from anyio.abc import TaskStatus
+
 
 def _load(spec: str, what: str) -> Any:
     module_name, sep, attribute = spec.partition(":")
@@ -76,8 +78,9 @@ def _parser() -> argparse.ArgumentParser:
 async def _serve(worker: RedisWorker) -> None:
     async with worker, anyio.create_task_group() as tg:
 
-        async def on_signals() -> None:
+        async def on_signals(*, task_status: TaskStatus[None]) -> None:
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                task_status.started()
                 count = 0
                 async for signum in signals:
                     count += 1
@@ -90,7 +93,7 @@ async def _serve(worker: RedisWorker) -> None:
                     else:
                         tg.cancel_scope.cancel()
 
-        tg.start_soon(on_signals)
+        await tg.start(on_signals)
         await worker.serve()
         tg.cancel_scope.cancel()
 
