@@ -521,6 +521,11 @@ class TestWorker:
                 await w.serve()
             w.stop()
             assert "stopping" in repr(w)
+        # A stop before serve() makes it return at once; then it can serve again.
+        async with w:
+            w.stop()
+            await w.serve()
+            assert "idle" in repr(w)
 
     def test_bad_worker_arguments(self) -> None:
         with pytest.raises(TypeError, match=r"^handlers must be a mapping of task names, got"):

@@ -96,3 +96,16 @@ def test_a_second_signal_cancels_the_running_jobs(
 def test_bad_command_lines(args: list[str], message: str) -> None:
     with pytest.raises(SystemExit, match=message):
         main(["worker", *args])
+
+
+def test_a_signal_while_the_worker_starts_stops_it_once_it_serves(
+    redis_url: str, queue_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from anyio_keyq.redis import RedisWorker, __main__
+
+    monkeypatch.setattr(__main__, "_early_signals", [signal.SIGTERM])
+    worker = RedisWorker(redis_url, queue_name, {})
+    anyio.run(__main__._serve, worker)
+    assert worker.statistics().claimed == 0
+    __main__._remember(signal.SIGINT, None)
+    assert __main__._early_signals == [signal.SIGTERM, signal.SIGINT]

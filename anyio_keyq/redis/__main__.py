@@ -75,13 +75,26 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+#: Signals that came before the worker could handle them (while it connects).
+_early_signals: list[int] = []
+
+
+def _remember(signum: int, frame: object) -> None:
+    _early_signals.append(signum)
+
+
 async def _serve(worker: RedisWorker) -> None:
     async with worker, anyio.create_task_group() as tg:
 
         async def on_signals(*, task_status: TaskStatus[None]) -> None:
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            with anyio.open_signal_receiver(*_SIGNALS) as signals:
                 task_status.started()
                 count = 0
+                if _early_signals:
+                    count = 1
+                    worker.stop()
                 async for signum in signals:
                     count += 1
                     logging.getLogger("anyio_keyq.redis").info(
@@ -124,7 +137,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except (TypeError, ValueError) as exc:
         raise SystemExit(str(exc)) from None
-    anyio.run(_serve, worker, backend=args.backend)
+    # A signal before the worker serves stops it as soon as it does, not the process.
+    _early_signals.clear()
+    previous = {signum: signal.signal(signum, _remember) for signum in _SIGNALS}
+    try:
+        anyio.run(_serve, worker, backend=args.backend)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return 0
 
 

@@ -300,6 +300,9 @@ class RedisWorker:
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Claim and run jobs until :meth:`stop` is called, then return.
 
+        After :meth:`stop` (even one called before :meth:`serve`) it returns as soon as
+        the running jobs are done; then the worker can serve again.
+
         With ``task_group.start(worker.serve)``, returns once the worker is ready to
         claim. Cancelling it cancels the running jobs and hands their keys back (in a
         shielded step of at most a few seconds).
@@ -310,7 +313,6 @@ class RedisWorker:
         if self._serving:
             raise RuntimeError("this worker is already serving")
         self._serving = True
-        self._stopping = False
         try:
             async with anyio.create_task_group() as tg:
                 task_status.started()
@@ -321,7 +323,7 @@ class RedisWorker:
                 for job in self._jobs:
                     job.scope.cancel()
         finally:
-            self._serving = False
+            self._serving = self._stopping = False
 
     async def _wait_slot(self) -> None:
         await self._slot_freed.wait()
