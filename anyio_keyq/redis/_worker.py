@@ -170,7 +170,10 @@ class RedisWorker:
     :param lease: seconds a lease lasts; it is renewed every ``lease / 3`` while the
         job runs, and a crashed worker's keys are taken over after it expires
     :param retry: the retry policy for failed runs (an ``anyio_keyq.Retry``);
-        ``None``: a failed job goes to the dead letters at once
+        ``None``: a failed job goes to the dead letters at once. Its ``next_delay``
+        gets the number of runs of the job that raised so far (runs lost with their
+        worker do not count: *max_lost* bounds those) and the previous delay, which
+        is kept in Redis with the job
     :param max_active: a cap on the jobs running at once on the whole queue, over
         all workers (give every worker the same cap); ``None``: no cap
     :param max_lost: dead-letter a job once this many of its runs were lost with
