@@ -22,6 +22,10 @@ from ._limiters import WeightedLimiter as WeightedLimiter
 from ._limiters import WeightedLimiterStatistics as WeightedLimiterStatistics
 from ._rate import RateLimiter as RateLimiter
 from ._rate import RateLimiterStatistics as RateLimiterStatistics
+from ._retry import Backoff as Backoff
+from ._retry import Retry as Retry
+from ._retry import RetryStatistics as RetryStatistics
+from ._retry import retry as retry
 from ._scope import ConcurrencyScope as ConcurrencyScope
 from ._scope import ScopeStatistics as ScopeStatistics
 from ._singleflight import SingleFlight as SingleFlight
@@ -31,6 +35,7 @@ from ._util import fixup_module_metadata as _fixup_module_metadata
 __all__ = (
     "AdaptiveLimiter",
     "AdaptiveLimiterStatistics",
+    "Backoff",
     "ConcurrencyScope",
     "Job",
     "JobCancelled",
@@ -45,6 +50,8 @@ __all__ = (
     "PriorityLimiterStatistics",
     "RateLimiter",
     "RateLimiterStatistics",
+    "Retry",
+    "RetryStatistics",
     "ScopeStatistics",
     "SingleFlight",
     "SingleFlightStatistics",
@@ -55,6 +62,7 @@ __all__ = (
     "batched",
     "hedge",
     "keyed_amap",
+    "retry",
 )
 
 _fixup_module_metadata(__name__, globals())

@@ -136,6 +136,7 @@ _NO_SIGNATURE = {
     "anyio_keyq.Limiter",
     "anyio_keyq.PriorityLimiterStatistics",
     "anyio_keyq.RateLimiterStatistics",
+    "anyio_keyq.RetryStatistics",
     "anyio_keyq.ScopeStatistics",
     "anyio_keyq.TaskSpawner",
     "anyio_keyq.WeightedLimiterStatistics",

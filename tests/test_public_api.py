@@ -30,6 +30,7 @@ def test_public_objects_report_the_public_module(name: str) -> None:
 FINAL_CLASSES = (
     "AdaptiveLimiter",
     "AdaptiveLimiterStatistics",
+    "Backoff",
     "ConcurrencyScope",
     "Job",
     "KeyedLanes",
@@ -38,6 +39,8 @@ FINAL_CLASSES = (
     "PriorityLimiterStatistics",
     "RateLimiter",
     "RateLimiterStatistics",
+    "Retry",
+    "RetryStatistics",
     "ScopeStatistics",
     "SingleFlight",
     "SingleFlightStatistics",
