@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 import anyio
 import coredis
 
+from anyio_keyq import Backoff, Retry
+
 if TYPE_CHECKING:
     from anyio_keyq.redis import RedisJob
 
@@ -69,5 +71,7 @@ async def hang(job: RedisJob) -> None:
     _log("hang", job.key, job.attempt)
     await anyio.sleep_forever()
 
+
+RETRY = Retry(attempts=2, backoff=Backoff(base=0.01), jitter="none")
 
 HANDLERS = {"step": step, "pause": pause, "hang": hang}

@@ -14,6 +14,7 @@ import pytest
 from anyio.lowlevel import checkpoint
 
 import anyio_keyq.redis
+from anyio_keyq import Backoff, Retry
 from anyio_keyq.redis import (
     DeadLetter,
     RedisJob,
@@ -315,6 +316,31 @@ class TestWorker:
         [dead] = await queue.dead_letters()
         assert dead.reason == "ValueError: boom"
         assert (dead.key, dead.task, dead.payload, dead.attempts) == ("k", "flaky", b'"first"', 3)
+
+    async def test_the_retry_policy_of_the_lanes_with_a_retry_after_hint(
+        self, queue: RedisQueue, redis_url: str, queue_name: str
+    ) -> None:
+        class Busy(Exception):
+            retry_after = 0.0625
+
+        starts: list[float] = []
+
+        async def busy(job: RedisJob) -> None:
+            starts.append(anyio.current_time())
+            if len(starts) < 3:
+                raise Busy("try later")
+
+        policy = Retry(attempts=3, backoff=Backoff(base=10.0), jitter="none")
+        await queue.enqueue("k", "busy")
+        async with RedisWorker(
+            redis_url, queue_name, {"busy": busy}, retry=policy, poll_interval=0.01
+        ) as w:
+            await drain(queue, w)
+            assert (w.statistics().retried, w.statistics().completed) == (2, 1)
+        # The hint, not the 10 s backoff, set both waits.
+        assert starts[2] - starts[0] < 5
+        assert starts[1] - starts[0] >= 0.0625
+        assert await queue.dead_letters() == []
 
     async def test_dead_letters_can_be_requeued_or_discarded(
         self, queue: RedisQueue, redis_url: str, queue_name: str

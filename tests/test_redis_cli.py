@@ -56,6 +56,7 @@ def test_worker_runs_the_jobs_and_stops_on_sigterm(
         lambda: anyio.run(pending, redis_url, queue_name) == (0, 0), signal.SIGTERM
     )
     args = ["worker", "tests.redis_workers:HANDLERS", "--queue", queue_name]
+    args += ["--retry", "tests.redis_workers:RETRY"]
     assert main([*args, "--backend", backend, "--log-level", "warning"]) == 0
     thread.join()
     lines = [

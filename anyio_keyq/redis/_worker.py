@@ -30,7 +30,7 @@ CLEANUP_TIMEOUT = 5.0
 
 
 class RetryPolicy(Protocol):
-    """What a worker needs of a retry policy (``anyio_keyq.Retry`` fits)."""
+    """What a worker needs of a retry policy (:class:`anyio_keyq.Retry` fits)."""
 
     def next_delay(
         self, attempt: int, exc: BaseException, previous: float | None = None
@@ -169,11 +169,12 @@ class RedisWorker:
     :param concurrency: how many jobs this worker runs at once
     :param lease: seconds a lease lasts; it is renewed every ``lease / 3`` while the
         job runs, and a crashed worker's keys are taken over after it expires
-    :param retry: the retry policy for failed runs (an ``anyio_keyq.Retry``);
+    :param retry: the retry policy for failed runs (an :class:`anyio_keyq.Retry`);
         ``None``: a failed job goes to the dead letters at once. Its ``next_delay``
         gets the number of runs of the job that raised so far (runs lost with their
         worker do not count: *max_lost* bounds those) and the previous delay, which
-        is kept in Redis with the job
+        is kept in Redis with the job. The policy's ``statistics()`` count nothing
+        here: the runs of one job may span several workers
     :param max_active: a cap on the jobs running at once on the whole queue, over
         all workers (give every worker the same cap); ``None``: no cap
     :param max_lost: dead-letter a job once this many of its runs were lost with
