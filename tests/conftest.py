@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
 BACKENDS = [
     pytest.param(("asyncio", {"debug": True}), id="asyncio"),
@@ -40,11 +42,17 @@ def virtual_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]
 REDIS_PASSWORD = "keyq-test-secret"
 
 
-def _redis_answers(port: int) -> bool:
+def _redis_answers(port: int, tls_ca: str | None) -> bool:
+    import contextlib
     import socket
+    import ssl
 
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
+        with contextlib.ExitStack() as stack:
+            s = stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=1.0))
+            if tls_ca is not None:
+                context = ssl.create_default_context(cafile=tls_ca)
+                s = stack.enter_context(context.wrap_socket(s, server_hostname="127.0.0.1"))
             s.sendall(f"AUTH keyq {REDIS_PASSWORD}\r\nPING\r\n".encode())
             reply = b""
             while b"PONG" not in reply and b"-" not in reply:
@@ -66,16 +74,12 @@ def _free_port() -> int:
         return port
 
 
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A Redis server of the test session's own, on a free 127.0.0.1 port, with a password.
+@contextmanager
+def _redis_server(directory: Path, tls: tuple[str, str] | None = None) -> Iterator[int]:
+    """Run redis-server on a free 127.0.0.1 port, with a password; yield the port.
 
-    The URL carries a user and password, so every Redis test also shows that they
-    pass through to the client. Fails (never skips) when ``redis-server`` is missing.
-
-    TCP rather than a unix socket: anyio's unix socket streams on asyncio can raise
-    InvalidStateError in a loop callback when a receive is cancelled just as data
-    arrives (a worker cancels its blocking wait when it stops).
+    With *tls* (a PEM file with the server's key and certificate, and the CA's PEM
+    file), the port speaks TLS only. Fails (never skips) when redis-server is missing.
     """
     import shutil
     import subprocess
@@ -87,13 +91,16 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             "redis-server is not installed: run 'make redis-server' "
             "(apt-get install redis-server) before the tests"
         )
-    directory = tmp_path_factory.mktemp("redis")
     for _ in range(5):  # pragma: no branch - another process may take the free port first
         port = _free_port()
+        if tls is None:
+            listen = ["--port", str(port)]
+        else:
+            listen = ["--port", "0", "--tls-port", str(port), "--tls-cert-file", tls[0],
+                      "--tls-key-file", tls[0], "--tls-auth-clients", "no"]  # fmt: skip
         proc = subprocess.Popen(
             [
-                exe,
-                "--port", str(port),
+                exe, *listen,
                 "--bind", "127.0.0.1",
                 "--save", "",
                 "--appendonly", "no",
@@ -104,7 +111,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
         deadline = time.monotonic() + 10
-        while not _redis_answers(port) and proc.poll() is None:
+        while not _redis_answers(port, tls and tls[1]) and proc.poll() is None:
             if time.monotonic() > deadline:  # pragma: no cover
                 proc.kill()
                 pytest.fail("redis-server did not answer within 10 seconds")
@@ -114,7 +121,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     else:  # pragma: no cover
         pytest.fail(f"redis-server did not start (exit status {proc.poll()})")
     try:
-        yield f"redis://keyq:{REDIS_PASSWORD}@127.0.0.1:{port}/0"
+        yield port
     finally:
         proc.terminate()
         try:
@@ -122,6 +129,38 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:  # pragma: no cover
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis server of the test session's own, on a free 127.0.0.1 port, with a password.
+
+    The URL carries a user and password, so every Redis test also shows that they
+    pass through to the client.
+
+    TCP rather than a unix socket: anyio's unix socket streams on asyncio can raise
+    InvalidStateError in a loop callback when a receive is cancelled just as data
+    arrives (a worker cancels its blocking wait when it stops).
+    """
+    with _redis_server(tmp_path_factory.mktemp("redis")) as port:
+        yield f"redis://keyq:{REDIS_PASSWORD}@127.0.0.1:{port}/0"
+
+
+@pytest.fixture(scope="session")
+def redis_tls_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A second server that speaks TLS only, with a certificate from a test CA."""
+    import trustme
+
+    directory = tmp_path_factory.mktemp("redis-tls")
+    ca = trustme.CA()
+    server_pem, ca_pem = directory / "server.pem", directory / "ca.pem"
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(server_pem))
+    ca.cert_pem.write_to_path(str(ca_pem))
+    with _redis_server(directory, (str(server_pem), str(ca_pem))) as port:
+        yield (
+            f"rediss://keyq:{REDIS_PASSWORD}@127.0.0.1:{port}/0"
+            f"?ssl_cert_reqs=required&ssl_ca_certs={ca_pem}"
+        )
 
 
 @pytest.fixture

@@ -688,6 +688,15 @@ async def test_odd_stored_values_are_read_defensively(redis_url: str, queue_name
         assert dead.attempts == 0
 
 
+async def test_tls_urls_pass_through(redis_tls_url: str, queue_name: str) -> None:
+    rec = Recorder()
+    async with RedisQueue(redis_tls_url, queue_name) as q:
+        await q.enqueue("k", "record", "over TLS")
+        async with RedisWorker(redis_tls_url, queue_name, {"record": rec.record}) as w:
+            await drain(q, w)
+    assert rec.runs[0][:2] == ("k", "over TLS")
+
+
 def test_importing_the_package_does_not_import_coredis() -> None:
     code = "import sys, anyio_keyq; assert 'coredis' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
