@@ -182,6 +182,10 @@ class TestEnqueue:
             RedisQueue("redis://", max_payload=0)
         with pytest.raises(TypeError, match=r"^name must be a str, got 3$"):
             RedisQueue("redis://", 3)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match=r"^a queue name must not contain braces"):
+            RedisQueue("redis://", "a{b}")
+        with pytest.raises(ValueError, match=r"^a queue name must not contain braces"):
+            RedisWorker("redis://", "a}", {})
 
     async def test_calls_are_checkpoints(self, queue: RedisQueue) -> None:
         await assert_cancel_point(lambda: queue.enqueue("k", "t"))

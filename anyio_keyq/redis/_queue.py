@@ -81,6 +81,11 @@ class Store:
     """A connection to Redis and the queue's scripts: what producers and workers share."""
 
     def __init__(self, url: str, name: str) -> None:
+        if "{" in name or "}" in name:
+            raise ValueError(
+                f"a queue name must not contain braces (it becomes the hash tag "
+                f"{{name}} of every key of the queue), got {name!r}"
+            )
         self.url = url
         self.name = name
         self.prefix = f"keyq:{{{name}}}:"
