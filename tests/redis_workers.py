@@ -32,8 +32,11 @@ def _log(*fields: object) -> None:
 async def step(job: RedisJob) -> None:
     """Log the start, work a little, log the end."""
     _log("start", job.key, job.payload, job.fence, os.getpid(), f"{time.time():.6f}")
-    await anyio.sleep(random.uniform(0.02, 0.12))
-    _log("end", job.key, job.payload, job.fence, os.getpid(), f"{time.time():.6f}")
+    try:
+        await anyio.sleep(random.uniform(0.02, 0.12))
+    finally:
+        # also when cancelled: the lease was lost, or the worker stops
+        _log("end", job.key, job.payload, job.fence, os.getpid(), f"{time.time():.6f}")
 
 
 # A store that keeps the largest fence it has seen and refuses writes with a smaller one.
