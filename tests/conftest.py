@@ -42,6 +42,18 @@ def virtual_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]
 REDIS_PASSWORD = "keyq-test-secret"
 
 
+def die_with_parent() -> None:  # pragma: no cover - runs in the child, before exec
+    """For ``preexec_fn``: the child gets SIGKILL when the test process dies (Linux).
+
+    A test session killed by its timeout then leaves no server or worker behind.
+    """
+    import ctypes
+    import signal
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def _redis_answers(port: int, tls_ca: str | None) -> bool:
     import contextlib
     import socket
@@ -109,6 +121,7 @@ def _redis_server(directory: Path, tls: tuple[str, str] | None = None) -> Iterat
                 "--user", "keyq", "on", f">{REDIS_PASSWORD}", "~*", "&*", "+@all",
             ],
             stdout=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
         )  # fmt: skip
         deadline = time.monotonic() + 10
         while not _redis_answers(port, tls and tls[1]) and proc.poll() is None:

@@ -25,6 +25,8 @@ import pytest
 
 from anyio_keyq.redis import RedisQueue
 
+from .conftest import die_with_parent
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
@@ -54,7 +56,7 @@ class Workers:
         args = ["--queue", self.queue, "--backend", backend, "--lease", str(self.lease)]
         args += ["--concurrency", "8", "--poll-interval", "0.1", "--log-level", "ERROR"]
         cmd = [sys.executable, "-m", "anyio_keyq.redis", "worker", "tests.redis_workers:HANDLERS"]
-        proc = subprocess.Popen([*cmd, *args], cwd=ROOT, env=env)
+        proc = subprocess.Popen([*cmd, *args], cwd=ROOT, env=env, preexec_fn=die_with_parent)
         self.procs.append(proc)
         return proc
 
