@@ -16,7 +16,9 @@ once), on a Redis server of its own (started here, no persistence):
 Each library runs with its defaults except the concurrency (arq: ``max_jobs``; arq's
 ``poll_delay`` of 0.5 s is its default and shows in its latency). ``--quick`` is a
 smoke test with few jobs and one worker process; ``--out FILE`` writes the results as
-JSON. The tests run ``--quick`` (tests/test_redis.py); ``make bench`` does not.
+JSON; ``--profile`` runs one worker in this process under cProfile instead and prints
+the share of its CPU time per group of modules. The tests run ``--quick`` and
+``--profile`` (tests/test_redis_benchmark.py); ``make bench`` runs neither.
 """
 
 from __future__ import annotations
@@ -333,6 +335,52 @@ async def _drive(queue: str, url: str, jobs: int, probes: int) -> dict[str, Any]
     return result
 
 
+async def profile_worker(url: str, jobs: int) -> dict[str, float]:
+    """Run *jobs* no-op jobs through one worker in this process under cProfile.
+
+    Returns the profiled CPU microseconds per job spent in each group of modules:
+    anyio_keyq's own code, coredis, anyio, the event loop, and the rest (builtins,
+    system calls).
+    """
+    import cProfile
+    import pstats
+
+    from anyio_keyq.redis import RedisJob, RedisQueue, RedisWorker
+
+    all_done = anyio.Event()
+    done = 0
+
+    async def noop(job: RedisJob) -> None:
+        nonlocal done
+        done += 1
+        if done == jobs:
+            all_done.set()
+
+    profiler = cProfile.Profile()
+    async with RedisQueue(url, "profile") as queue:
+        await queue.enqueue_many([(f"key{i % 100}", "noop", None) for i in range(jobs)])
+        async with (
+            RedisWorker(url, "profile", {"noop": noop}, concurrency=10) as worker,
+            anyio.create_task_group() as tg,
+        ):
+            await tg.start(worker.serve)
+            profiler.enable()
+            await all_done.wait()
+            profiler.disable()
+            worker.stop()
+    groups: dict[str, float] = {}
+    stats: Any = pstats.Stats(profiler)
+    raw: dict[tuple[str, int, str], tuple[Any, ...]] = stats.stats
+    for (filename, _, _), (_, _, own_time, *_) in raw.items():
+        group = next(
+            (name for name in ("anyio_keyq", "coredis", "anyio", "asyncio", "trio")
+             if f"/{name}/" in filename),
+            "other",
+        )  # fmt: skip
+        groups[group] = groups.get(group, 0.0) + 1e6 * own_time / jobs
+    return groups
+
+
 def main(argv: list[str] | None = None) -> int:
     args = argv if argv is not None else sys.argv[1:]
     if args and args[0] == "worker":
@@ -344,6 +392,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queues", default=",".join(QUEUES))
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--profile", action="store_true", help="where a worker's CPU goes, by module group"
+    )
     options = parser.parse_args(args)
     queues = [q for q in options.queues.split(",") if q]
     jobs = options.jobs or (100 if options.quick else 5000)
@@ -356,6 +407,16 @@ def main(argv: list[str] | None = None) -> int:
         server, url = start_server(Path(tmp))
         try:
             unit = anyio.run(ping_cpu, url)
+            if options.profile:
+                for backend in ("asyncio", "trio"):
+                    groups = anyio.run(profile_worker, url, jobs, backend=backend)
+                    total = sum(groups.values())
+                    shares = ", ".join(
+                        f"{name} {100 * cpu / total:.1f}%"
+                        for name, cpu in sorted(groups.items(), key=lambda item: -item[1])
+                    )
+                    print(f"profiled worker on {backend}: {shares}", flush=True)
+                return 0
             for processes in process_counts:
                 for queue in queues:
                     row = measure(
