@@ -36,7 +36,7 @@ pytest: $(STAMP) redis-server
 	$(BIN)/pytest --cov --cov-report=term-missing
 
 # The crash test of the Redis queue, long: workers killed at random for minutes.
-redis-soak: $(STAMP) redis-server redis-server
+redis-soak: $(STAMP) redis-server
 	KEYQ_CRASH_SECONDS=300 $(BIN)/pytest -q -p no:cacheprovider tests/test_redis_crash.py
 
 docs: $(STAMP)
