@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest docs examples soak bench clean
+.PHONY: demo test lint typecheck pytest docs examples soak bench clean redis-server redis-soak
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,18 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/pyright
 
-pytest: $(STAMP)
+# The Redis tests start their own server from this Debian package (root or sudo).
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -q && $$SUDO apt-get install -y -q redis-server; }
+
+pytest: $(STAMP) redis-server
 	$(BIN)/pytest --cov --cov-report=term-missing
+
+# The crash test of the Redis queue, long: workers killed at random for minutes.
+redis-soak: $(STAMP) redis-server
+	KEYQ_CRASH_SECONDS=300 $(BIN)/pytest -q -p no:cacheprovider tests/test_redis_crash.py
 
 docs: $(STAMP)
 	$(BIN)/sphinx-build -q -E -n -W --keep-going -b html docs docs/_build/html
@@ -37,7 +47,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
 # The whole suite 20 times in a row: a flaky test shows up here.
-soak: $(STAMP)
+soak: $(STAMP) redis-server
 	for i in $$(seq 20); do $(BIN)/pytest -q -x -p no:cacheprovider || exit 1; done
 
 clean:

@@ -140,6 +140,10 @@ _NO_SIGNATURE = {
     "anyio_keyq.ScopeStatistics",
     "anyio_keyq.TaskSpawner",
     "anyio_keyq.WeightedLimiterStatistics",
+    "anyio_keyq.redis.DeadLetter",
+    "anyio_keyq.redis.RedisJob",
+    "anyio_keyq.redis.RedisQueueInfo",
+    "anyio_keyq.redis.RedisWorkerStatistics",
 }
 
 
@@ -189,7 +193,7 @@ def _attribute_doc_comments(
 
 def _follow_reexport(app: object, modname: str, attribute: str) -> str | None:
     """Let viewcode link ``anyio_keyq.X`` to the source of the module defining X."""
-    if modname != "anyio_keyq":
+    if modname not in ("anyio_keyq", "anyio_keyq.redis"):
         return None
     return _defining_module(modname, attribute.split(".")[0])
 

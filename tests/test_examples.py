@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 BACKEND_NEUTRAL = sorted(
-    p.stem for p in EXAMPLES.glob("*.py") if p.stem not in ("demo", "trio_nursery")
+    p.stem for p in EXAMPLES.glob("*.py") if p.stem not in ("demo", "trio_nursery", "redis_worker")
 )
 
 pytestmark = pytest.mark.anyio
@@ -35,6 +35,15 @@ def load(name: str) -> ModuleType:
 async def test_example_runs(name: str) -> None:
     main = cast("Callable[[], Awaitable[None]]", load(name).main)
     await main()
+
+
+async def test_redis_worker_example_runs(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("KEYQ_REDIS_URL", redis_url)
+    main = cast("Callable[[], Awaitable[None]]", load("redis_worker").main)
+    await main()
+    assert "account-0: [100, -75, 5] -> 30" in capsys.readouterr().out
 
 
 def test_trio_nursery_example_runs() -> None:
