@@ -23,7 +23,8 @@ class DeadLetter(Generic[K]):
     """A job that failed for good, as handed to ``KeyedLanes(dead_letter=...)``.
 
     It carries what it takes to inspect the failure, or to submit the job again:
-    ``lanes.submit_nowait(letter.key, letter.fn, *letter.args)``.
+    ``lanes.submit_nowait(letter.key, letter.fn, *letter.args)`` (while the lanes are
+    open: once closed, they refuse new jobs, also from a dead-letter function).
     """
 
     #: The job's key.
@@ -59,7 +60,8 @@ class Postbox:
     every letter (the task waits for room: nothing is dropped), and is closed once
     the lanes are, so that ``async for letter in receive_stream`` ends. If the lanes'
     host is cancelled, a function still gets every letter that was waiting (shielded),
-    a stream what fits in its buffer.
+    a stream what fits in its buffer; so do the letters of jobs that fail on the way
+    out, once the lanes' workers are done.
     """
 
     __slots__ = (
@@ -96,19 +98,14 @@ class Postbox:
     def post(self, letter: DeadLetter[Any]) -> None:
         self._letters.append(letter)
         self.posted += 1
-        self._wake()
-
-    def close(self) -> None:
-        """No more letters will come: close the stream once the last one is sent."""
-        if not self._closing:
-            self._closing = True
-            if self._stream is not None:
-                self._wake()
-
-    def _wake(self) -> None:
         if not self._delivering:
             self._delivering = True
             self._spawn(self._deliver)
+
+    @property
+    def busy(self) -> bool:
+        """Whether letters are waiting or being delivered."""
+        return self._delivering
 
     async def _deliver(self) -> None:
         stream = self._stream
@@ -121,31 +118,16 @@ class Postbox:
                     self.delivered += 1
                 else:
                     await self._call(letters)
-            if self._closing and stream is not None:
-                with anyio.CancelScope(shield=True):
-                    await stream.aclose()
         except anyio.get_cancelled_exc_class():
-            # Cancelled with the lanes' host: a stream gets what fits without waiting,
-            # a function gets every letter still here.
-            if stream is not None:
-                self._send_what_fits(stream)
-            else:
-                with anyio.CancelScope(shield=True):
-                    while letters:
-                        await self._call(letters)
+            # Cancelled with the lanes' host: what can be delivered without waiting is.
+            with anyio.CancelScope(shield=True):
+                await self._deliver_now()
             raise
         finally:
             self._delivering = False
             if self._emptied is not None:
                 self._emptied.set()
                 self._emptied = None
-
-    async def wait_delivered(self) -> None:
-        """Wait until every letter posted so far has been handed over."""
-        while self._delivering:
-            if self._emptied is None:
-                self._emptied = anyio.Event()
-            await self._emptied.wait()
 
     async def _call(self, letters: deque[DeadLetter[Any]]) -> None:
         assert self._callback is not None
@@ -154,8 +136,13 @@ class Postbox:
         if inspect.isawaitable(result):
             await result
 
-    def _send_what_fits(self, stream: ObjectSendStream[DeadLetter[Any]]) -> None:
-        send_nowait = getattr(stream, "send_nowait", None)
+    async def _deliver_now(self) -> None:
+        """A stream gets what fits in its buffer; a function gets every letter."""
+        if self._stream is None:
+            while self._letters:
+                await self._call(self._letters)
+            return
+        send_nowait = getattr(self._stream, "send_nowait", None)
         while self._letters and send_nowait is not None:
             try:
                 send_nowait(self._letters[0])
@@ -163,6 +150,23 @@ class Postbox:
                 break
             self._letters.popleft()
             self.delivered += 1
-        close = getattr(stream, "close", None)
-        if callable(close):
-            close()
+
+    async def wait_delivered(self) -> None:
+        """Wait until every letter posted so far has been handed over."""
+        while self._delivering:
+            if self._emptied is None:
+                self._emptied = anyio.Event()
+            await self._emptied.wait()
+
+    async def finish(self) -> None:
+        """The lanes have stopped: deliver what is left without waiting, close the stream.
+
+        Shielded: it runs on the lanes' way out, cancelled or not.
+        """
+        if self._closing or self._delivering:  # a delivery still under way: leave it be
+            return
+        self._closing = True
+        with anyio.CancelScope(shield=True):
+            await self._deliver_now()
+            if self._stream is not None:
+                await self._stream.aclose()

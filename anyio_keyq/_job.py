@@ -102,7 +102,9 @@ class _JobExtras:
         "credit",
         "credits",
         "delay",
+        "due",
         "links",
+        "order",
         "priority",
         "report",
         "retry",
@@ -121,10 +123,13 @@ class _JobExtras:
         self.credit: Credit | None = None
         self.credits: list[Credit] | None = None
         self.report: _Unretrieved | None = None
-        # The job's own retry policy, and the delay before its last retry (for jitter
-        # that depends on it).
+        # The job's own retry policy, the delay before its last retry (for jitter that
+        # depends on it), the instant it may start again, and (with per_key > 1) its
+        # place among the retried jobs of its lane.
         self.retry: Retry | None = None
         self.delay: float | None = None
+        self.due = 0.0
+        self.order = 0
         # The circuit breaker the running attempt has entered, and its ticket, to
         # report the attempt's outcome.
         self.breaker: tuple[CircuitBreaker, int] | None = None

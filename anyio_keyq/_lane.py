@@ -89,7 +89,6 @@ class LaneExtras:
         "in_lent_ready",
         "lent",
         "paced",
-        "retry_at",
         "starting",
         "turn",
     )
@@ -108,7 +107,5 @@ class LaneExtras:
         # a token in the pacer's queue.
         self.bucket: _TokenBucket | None = None
         self.paced = False
-        # With a retry: the instant before which the job at the head may not restart.
-        self.retry_at: float | None = None
         # With breakers per key: the lane's circuit breaker.
         self.breaker: CircuitBreaker | None = None

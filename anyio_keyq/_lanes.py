@@ -41,7 +41,7 @@ from ._permits import (
     priority_of,
 )
 from ._rate import RateLimiter, _TokenBucket
-from ._retry import Outcome, Retry
+from ._retry import Retry
 from ._util import check_bound, check_callable, check_positive_int, check_seconds, final
 
 if TYPE_CHECKING:
@@ -115,7 +115,7 @@ class LanesStatistics:
     peak_running: int
     #: The global limit (``math.inf`` when there is none).
     limit: float
-    #: Failed attempts that were retried (each retry counts once).
+    #: Retries that started: attempts of a job after its first.
     retried: int = 0
     #: Jobs handed to the dead-letter.
     dead_lettered: int = 0
@@ -425,6 +425,8 @@ class KeyedLanes(Generic[K]):
             await tg.__aexit__(None, None, None)
         finally:
             self._host_gone("the lanes' task group has exited")
+            if self._postbox is not None:
+                await self._postbox.finish()  # no job can fail any more
         if caught is not None:
             raise caught
 
@@ -452,6 +454,8 @@ class KeyedLanes(Generic[K]):
         """
         await self._drain()
         self._stop_workers()
+        if self._postbox is not None:
+            await self._postbox.finish()
 
     async def _drain(self) -> None:
         self.close()
@@ -472,8 +476,6 @@ class KeyedLanes(Generic[K]):
         for _, _, _, lane in lingering:
             if lane.live and lane.idle_at is not None:
                 self._drop(lane)
-        if self._postbox is not None:
-            self._postbox.close()
 
     def _host_gone(self, reason: str) -> None:
         """The hosting scope was cancelled or exited: settle everything still queued."""
@@ -770,6 +772,8 @@ class KeyedLanes(Generic[K]):
         job._status = _RUNNING
         job._token = token
         job._attempts += 1
+        if self._retry is not None or job._extras is not None:
+            self._note_start(job)
         if credit is not None:
             job._more.credit = credit
         lane.queued -= 1
@@ -866,15 +870,17 @@ class KeyedLanes(Generic[K]):
         """Whether the rates let *lane* start a job now; else schedule it for later."""
         if self._global_at is not None:
             return False  # the pacer wakes the lanes when the global rate has a token
-        lane_extras = lane.lane_extras
-        if lane_extras is not None and lane_extras.retry_at is not None:
-            at = lane_extras.retry_at
-            if at > now + _SLACK:  # the head of the lane waits to be retried
-                lane_extras.paced = True
+        head = lane.head
+        if head is not None and head._status is not _QUEUED:
+            head = self._first_queued(lane)
+        if head is not None and head._attempts:  # the head waits to be retried
+            assert head._extras is not None
+            at = head._extras.due
+            if at > now + _SLACK:
+                lane.extras.paced = True
                 heapq.heappush(self._paced, (at, next(self._order), lane))
                 self._pace_at(at)
                 return False
-            lane_extras.retry_at = None
         global_rate = self._global_rate
         if global_rate is not None:
             at = global_rate.ready_at(1)
@@ -955,11 +961,18 @@ class KeyedLanes(Generic[K]):
         if not extras.paced:  # put back in line already
             return
         extras.paced = False
-        if lane.in_ready:
-            self._ready.append(lane)
+        self._back_in_line(lane)
         if extras.lent and not extras.in_lent_ready:
             extras.in_lent_ready = True
             self._lent_ready.append(lane)
+
+    def _back_in_line(self, lane: Lane) -> None:
+        """Put a lane that waited in the pacer's queue back among the ready lanes."""
+        if lane.in_ready:
+            if lane.queued:
+                self._ready.append(lane)
+            else:  # emptied while it waited (cancelled, or its key halted)
+                lane.in_ready = False
 
     def _next_on_credit(self, token: Token | None) -> Job[Any] | None:
         """Start a job of a lane that waiting jobs have lent their permits to."""
@@ -1009,14 +1022,18 @@ class KeyedLanes(Generic[K]):
                     breaker._exit(ticket, None)
                 policy = extras.retry or self._retry
                 if policy is not None:
-                    _count(policy, "succeeded")
+                    policy._record_outcome("succeeded")
             elif self._retry is not None:
-                _count(self._retry, "succeeded")
+                self._retry._record_outcome("succeeded")
             job._settle(status, value, exc)
             self._completed += 1
         elif status is _FAILED:
             assert exc is not None
-            retry_at = self._retry_at(job, exc)
+            try:
+                retry_at = self._retry_at(job, exc)
+            except Exception as judging:  # its retry_on predicate raised: the job fails
+                exc, timed_out = judging, False
+            extras = job._extras
             if retry_at is None:
                 fn, args = job._fn, job._args
                 job._settle(status, value, exc)
@@ -1028,8 +1045,8 @@ class KeyedLanes(Generic[K]):
                     self._failed_for_good(job, fn, args, exc)
         else:
             policy = self._policy_of(job)
-            if policy is not None and job._attempts:
-                _count(policy, "cancelled")
+            if policy is not None:
+                policy._record_outcome("cancelled")
             job._settle(status, value, exc)
             self._cancelled += 1
         self._running -= 1
@@ -1051,11 +1068,12 @@ class KeyedLanes(Generic[K]):
         assert token is not None
         token.holders -= 1
         token.failed = status is _FAILED  # for a limit that adapts to outcomes
+        if retry_at is not None:
+            job._token = None
         if extras is not None:
             if retry_at is None:
                 self._end_credits(extras)
             else:  # the credits lent for it stay; the one it ran on is free again
-                job._token = None
                 lent, extras.credit = extras.credit, None
                 if lent is not None and lent.active:
                     self._offer_credit(lent)
@@ -1066,25 +1084,46 @@ class KeyedLanes(Generic[K]):
     # -- retries, dead-letter and halted lanes -------------------------------------
 
     def _retry_at(self, job: Job[Any], exc: BaseException) -> float | None:
-        """When to start a failed job again, by its retry policy (``None``: never)."""
+        """When to start a failed job again, by its retry policy (``None``: never).
+
+        Counts the job's outcome in the policy's statistics when it is not retried.
+        Raises what the policy's ``retry_on`` predicate raised.
+        """
         extras = job._extras
         policy = self._policy_of(job)
         if policy is None:
             return None
-        if job._cancel_requested or self._shutdown:
-            _count(policy, "cancelled")
+        if job._cancel_requested or self._shutdown or (self._halted and job.key in self._halted):
+            policy._record_outcome("cancelled")  # stopped from outside, not by the policy
             return None
-        delay, outcome = policy._decide(
-            job._attempts, exc, None if extras is None else extras.delay
-        )
+        try:
+            delay, outcome = policy._decide(
+                job._attempts, exc, None if extras is None else extras.delay
+            )
+        except Exception:
+            policy._record_outcome("not_retryable")
+            raise
         if delay is None:
             assert outcome is not None
-            _count(policy, outcome)
+            policy._record_outcome(outcome)
             return None
-        policy._record_retry()
-        self._retried += 1
-        job._more.delay = delay
-        return anyio.current_time() + delay
+        more = job._more
+        more.delay = delay
+        more.due = anyio.current_time() + delay
+        return more.due
+
+    def _note_start(self, job: Job[Any]) -> None:
+        """Count a start of a job that has a retry policy: a run, or a retry."""
+        policy = self._policy_of(job)
+        if policy is None:
+            return
+        if job._attempts == 1:
+            policy._record_call()
+            if self._per_key > 1:
+                job._more.order = next(self._order)  # its place among retried jobs
+        else:
+            policy._record_retry()
+            self._retried += 1
 
     def _policy_of(self, job: Job[Any]) -> Retry | None:
         extras = job._extras
@@ -1093,26 +1132,46 @@ class KeyedLanes(Generic[K]):
         return self._retry
 
     def _requeue(self, lane: Lane, job: Job[Any], at: float) -> None:
-        """Queue a job to retry at the head of its lane, not to start before *at*."""
+        """Queue a job to retry at the head of its lane, not to start before *at*.
+
+        With ``per_key > 1``, several jobs of a key may wait to be retried: they wait
+        at the head in the order they were first started, which is submission order.
+        """
         job._status = _QUEUED
-        if lane.head is not None:
+        job._scope = None  # else cancel() would cancel the scope of its last attempt
+        if lane.head is None:
+            lane.head = job
+        elif self._per_key == 1:
             if lane.queue is None:
                 lane.queue = deque()
             lane.queue.appendleft(lane.head)
-        lane.head = job
+            lane.head = job
+        else:
+            self._insert_retry(lane, job)
         lane.queued += 1
         self._queued += 1
-        lane.extras.retry_at = at
         # From the first retry on, lanes may have to wait before they start a job.
         self._pacing = True
 
+    def _insert_retry(self, lane: Lane, job: Job[Any]) -> None:
+        order = job._more.order
+        queued = self._queued_jobs(lane)
+        at = 0
+        for at, other in enumerate(queued):  # noqa: B007  # the place is what is left
+            if other._status is _QUEUED and not (other._attempts and other._more.order < order):
+                break
+        else:
+            at = len(queued)
+        queued.insert(at, job)
+        lane.head = queued[0]
+        lane.queue = deque(queued[1:])
+
     def _forget_retry(self, lane: Lane) -> None:
+        """The job a lane waited for has gone: let the lane look at its next job now."""
         extras = lane.extras
-        extras.retry_at = None
-        if extras.paced:  # put it back in line now; the pacer's entry finds it there
+        if extras.paced:  # the pacer's entry, when it comes, finds it in line already
             extras.paced = False
-            if lane.in_ready:
-                self._ready.append(lane)
+            self._back_in_line(lane)
 
     def _failed_for_good(
         self, job: Job[Any], fn: Callable[..., Any], args: tuple[Any, ...], exc: Exception
@@ -1142,6 +1201,10 @@ class KeyedLanes(Generic[K]):
         cause = self._halted[key]
         for queued in self._queued_jobs(lane):
             if queued._status is _QUEUED:
+                if queued._attempts:  # it waited to be retried
+                    policy = self._policy_of(queued)
+                    if policy is not None:
+                        policy._record_outcome("cancelled")
                 fn, args = queued._fn, queued._args
                 error = LaneHalted(key, cause)
                 self._settle(queued, _FAILED, exc=error)
@@ -1151,6 +1214,7 @@ class KeyedLanes(Generic[K]):
                 lane.queued -= 1
                 self._post(queued, fn, args, error, f"its lane was halted by {cause!r}")
         self._clear_queue(lane)
+        self._forget_retry(lane)
         if lane.room:
             for waiter in lane.room:
                 waiter.refused = LaneHalted(key, cause)
@@ -1199,15 +1263,15 @@ class KeyedLanes(Generic[K]):
 
     def _cancel_queued(self, job: Job[Any]) -> None:
         lane = job._lane
-        if job._attempts:  # it waited to be retried, at the head: the lane may go on
-            self._forget_retry(lane)
-            policy = self._policy_of(job)
-            if policy is not None:
-                _count(policy, "cancelled")
         self._settle(job, _CANCELLED)
         self._cancelled += 1
         self._queued -= 1
         lane.queued -= 1
+        if job._attempts:  # it waited to be retried, at the head: the lane may go on
+            self._forget_retry(lane)
+            policy = self._policy_of(job)
+            if policy is not None:
+                policy._record_outcome("cancelled")
         if lane.room:
             self._admit(lane)
         if not lane.queued and not lane.running:
@@ -1397,8 +1461,8 @@ class KeyedLanes(Generic[K]):
                     while True:
                         timeout = job._timeout
                         if job._cancel_requested:  # cancelled between hand-off and start
-                            job._attempts -= 1  # its function was not called
                             free = self._finish(job, _CANCELLED)
+                            job._attempts -= 1  # its function was not called
                             timeout = None
                         else:
                             if timeout is not None:
@@ -1501,6 +1565,7 @@ class KeyedLanes(Generic[K]):
                     self._parked.remove(parked)
             else:  # handed a job in the same instant as the cancellation
                 free = self._finish(job, _CANCELLED)
+                job._attempts -= 1  # its function was not called
                 if free is not None:
                     self._permits.release(free)
             raise
@@ -1565,14 +1630,18 @@ class KeyedLanes(Generic[K]):
         if key is _MISSING:
             if caller is not None and any(lanes is self for lanes, _ in caller._chain):
                 raise LaneDeadlock(caller.key, "waiting for the lanes to be idle")
-            if not self._queued and not self._running:
+            if not self._queued and not self._running and not self._delivering:
                 await checkpoint()
-            else:
-                if self._idle_event is None:
-                    self._idle_event = anyio.Event()
-                await self._idle_event.wait()
-            if self._postbox is not None:
-                await self._postbox.wait_delivered()
+                return
+            # A dead-letter function may submit jobs again: wait until both are done.
+            while self._queued or self._running or self._delivering:
+                if self._queued or self._running:
+                    if self._idle_event is None:
+                        self._idle_event = anyio.Event()
+                    await self._idle_event.wait()
+                else:
+                    assert self._postbox is not None
+                    await self._postbox.wait_delivered()
             return
         if caller is not None and (self, key) in caller._chain:
             raise LaneDeadlock(key, "waiting for the lane to be idle")
@@ -1583,6 +1652,10 @@ class KeyedLanes(Generic[K]):
         if lane.idle_event is None:
             lane.idle_event = anyio.Event()
         await lane.idle_event.wait()
+
+    @property
+    def _delivering(self) -> bool:
+        return self._postbox is not None and self._postbox.busy
 
     def pending(self, key: K) -> int:
         """Return how many jobs of *key* are accepted and not yet settled.
@@ -1639,12 +1712,6 @@ class KeyedLanes(Generic[K]):
             f"<anyio_keyq.KeyedLanes at {id(self):#x}: {state}, {len(self._lanes)} lanes, "
             f"{self._running} running, {self._queued} queued, limit={self._limit!r}>"
         )
-
-
-def _count(policy: Retry, outcome: Outcome) -> None:
-    """Count a job that ran under *policy* in its statistics, once it has settled."""
-    policy._record_call()
-    policy._record_outcome(outcome)
 
 
 def _check_retry(name: str, value: object) -> None:

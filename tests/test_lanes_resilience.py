@@ -10,6 +10,7 @@ from collections import defaultdict
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,6 +20,7 @@ from anyio_keyq import (
     CircuitBreaker,
     CircuitOpen,
     DeadLetter,
+    Job,
     JobCancelled,
     JobStatus,
     KeyedLanes,
@@ -26,6 +28,7 @@ from anyio_keyq import (
     Retry,
 )
 
+from .conftest import BACKENDS
 from .conftest import virtual_backend as anyio_backend  # noqa: F401
 
 pytestmark = pytest.mark.anyio
@@ -185,7 +188,7 @@ class TestRetry:
                 await lanes.run("a", down, "a")
             stats = lanes.statistics()
         assert down.starts("a") == [0.0, 0.125]
-        assert (stats.cancelled, stats.retried) == (1, 2)
+        assert (stats.cancelled, stats.retried) == (1, 1)  # the second retry never began
 
     async def test_cancelling_the_host_during_a_retry_wait(self) -> None:
         down = Downstream({"a": 5})
@@ -229,15 +232,20 @@ class TestRetry:
         async with KeyedLanes[str](retry=shared) as lanes:
             jobs = [lanes.submit_nowait(tag, down, tag) for tag in ("ok", "once", "always")]
             hangs = lanes.submit_nowait("hangs", down, "hangs")
-            lanes.submit_nowait("unstarted", down, "unstarted").cancel()  # not counted
+            # Handed to a worker, then cancelled before its function is called: a run
+            # that was cancelled, though it made no attempt.
+            unstarted = lanes.submit_nowait("unstarted", down, "unstarted")
+            unstarted.cancel()
             lanes.submit_nowait("own", down, "own", retry=policy())  # counted by its own
             await anyio.sleep(1)
-            assert shared.statistics().calls == 3  # counted once settled
+            stats = shared.statistics()
+            assert (stats.calls, stats.running, stats.retries) == (5, 1, 2)  # hangs runs
             hangs.cancel()
         assert [type(job.exception()) for job in jobs] == [type(None), type(None), Flaky]
+        assert unstarted.attempts == 0
         stats = shared.statistics()
-        assert (stats.calls, stats.running, stats.retries) == (4, 0, 2)
-        assert (stats.succeeded, stats.exhausted, stats.cancelled) == (2, 1, 1)
+        assert (stats.calls, stats.running, stats.retries) == (5, 0, 2)
+        assert (stats.succeeded, stats.exhausted, stats.cancelled) == (2, 1, 2)
 
         picky = policy(retry_on=OSError)
         async with KeyedLanes[str](retry=picky) as lanes:
@@ -362,8 +370,10 @@ class TestDeadLetter:
                 for i in range(4):
                     to_stream.submit_nowait(i, Downstream(fails), i)
                     to_function.submit_nowait(i, Downstream(fails), i)
-        async with receive:
-            assert len([letter async for letter in receive]) == 2  # then it is closed
+        # Hosted lanes leave the stream open if their host is cancelled (aclose()
+        # closes it): the letters that fitted are in its buffer.
+        async with send, receive:
+            assert receive.statistics().current_buffer_used == 2
         # The letter being archived when the cancellation came is the function's own
         # business; the three others were waiting, and are delivered.
         assert len(seen) == 3
@@ -617,3 +627,137 @@ class TestFaultInjection:
         for key in "abc":
             tags = [tag for tag in down.order() if tag[0] == key]
             assert tags == sorted(tags, key=lambda tag: tag[1])
+
+
+class TestReviewedCorners:
+    """Corners found in review: each failed before its fix."""
+
+    async def test_a_retry_on_predicate_that_raises_fails_the_job(self) -> None:
+        def broken(exc: Exception) -> bool:
+            raise LookupError("predicate broke")
+
+        judged = policy(retry_on=broken)
+        async with KeyedLanes[str](retry=judged) as lanes:
+            with pytest.raises(LookupError, match="predicate broke"):
+                await lanes.run("a", Downstream({"a": 1}), "a")
+            assert await lanes.run("a", Downstream(), "a") == "a"  # the lanes go on
+        assert judged.statistics().not_retryable == 1
+
+    async def test_retries_of_one_key_keep_their_order_and_their_delays(self) -> None:
+        down = Downstream({"a1": 1, "a2": 1}, durations={"a2": 0.0625})
+        async with KeyedLanes[str](per_key=2, retry=policy()) as lanes:
+            lanes.submit_nowait("a", down, "a1")
+            lanes.submit_nowait("a", down, "a2")
+        # a1 fails at 0, due at 1/8; a2 fails at 1/16, due at 3/16: a1 goes first, and
+        # on time; a2 waits behind it, then for its own delay.
+        assert down.calls[2:] == [("a1", 0.125), ("a2", 0.1875)]
+
+    async def test_a_job_waiting_to_retry_when_its_lane_halts(self) -> None:
+        # per_key=2: a2 fails and waits to retry, then a1 fails for good and halts the
+        # lane; a1 has a priority, so ready lanes are kept in a heap.
+        down = Downstream({"a1": 1, "a2": 9}, durations={"a1": 0.0625})
+        shared = policy()
+        async with KeyedLanes[str](
+            per_key=2, idle_timeout=1, on_failure="halt", retry=shared
+        ) as lanes:
+            a1 = lanes.submit_nowait("a", down, "a1", retry=policy(attempts=1), priority=1)
+            a2 = lanes.submit_nowait("a", down, "a2")
+            await anyio.sleep(0.125)
+            assert set(lanes.halted) == {"a"}
+            with pytest.raises(LaneHalted):
+                a2.result()
+            assert a2.attempts == 1
+            assert shared.statistics().running == 0
+            lanes.resume("a")
+            assert await lanes.run("a", down, "a3") == "a3"
+        with pytest.raises(Flaky):
+            a1.result()
+        assert down.starts("a3") == [0.125]  # not held back by a2's old retry instant
+
+    async def test_a_running_job_of_a_halted_key_is_not_retried(self) -> None:
+        down = Downstream({"a1": 1, "a2": 9}, durations={"a1": 0.0625, "a2": 0.125})
+        async with KeyedLanes[str](per_key=2, on_failure="halt", retry=policy()) as lanes:
+            lanes.submit_nowait("a", down, "a1", retry=policy(attempts=1))
+            a2 = lanes.submit_nowait("a", down, "a2")
+        with pytest.raises(Flaky):
+            a2.result()
+        assert down.order() == ["a1", "a2"]
+
+    async def test_letters_of_jobs_that_fail_while_the_lanes_exit_on_an_error(self) -> None:
+        send, receive = anyio.create_memory_object_stream[DeadLetter[str]](10)
+
+        async def fails_in_cleanup() -> None:
+            try:
+                await anyio.sleep(math.inf)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await anyio.sleep(1)
+                raise Flaky("cleanup")  # a failure while cancelled
+
+        with pytest.raises(KeyError):
+            async with KeyedLanes[str](dead_letter=send) as lanes:
+                lanes.submit_nowait("a", fails_in_cleanup)
+                await anyio.sleep(1)
+                raise KeyError("the body fails")
+        async with receive:
+            assert [letter.key async for letter in receive] == ["a"]  # then closed
+
+    async def test_wait_idle_waits_for_jobs_a_dead_letter_function_submits(self) -> None:
+        down = Downstream({"a": 1})
+
+        def again(letter: DeadLetter[str]) -> None:
+            lanes.submit_nowait(letter.key, down, "again")
+
+        async with KeyedLanes[str](dead_letter=again) as lanes:
+            lanes.submit_nowait("a", down, "a")
+            await lanes.wait_idle()
+            stats = lanes.statistics()
+            assert (stats.queued, stats.running, stats.completed) == (0, 0, 1)
+
+    async def test_a_retry_counts_when_it_starts(self) -> None:
+        shared = policy()
+        async with KeyedLanes[str](retry=shared) as lanes:
+            job = lanes.submit_nowait("a", Downstream({"a": 5}), "a")
+            await anyio.sleep(0.0625)
+            stats = shared.statistics()
+            assert (stats.calls, stats.running, stats.retries) == (1, 1, 0)
+            job.cancel()
+        stats = shared.statistics()
+        assert (stats.running, stats.retries, stats.cancelled) == (0, 0, 1)
+        assert lanes.statistics().retried == 0
+
+
+class TestOnRealClocks:
+    @pytest.fixture(params=BACKENDS)
+    def anyio_backend(self, request: pytest.FixtureRequest) -> Any:
+        return request.param
+
+    async def test_cancelling_a_retry_as_it_is_handed_over_spares_other_jobs(self) -> None:
+        # J fails once; as its retry is handed to a worker, it is cancelled: that must
+        # not cancel the scope of J's last attempt, which another job now runs in.
+        log: list[str] = []
+        others: list[Job[str]] = []
+
+        async def innocent() -> str:
+            log.append("K")
+            await anyio.sleep(0.05)
+            return "K"
+
+        async def flaky() -> str:
+            if "J1" not in log:
+                log.append("J1")
+                others.append(lanes.submit_nowait("b", innocent, retry=Retry(attempts=1)))
+                raise Flaky("J")
+            return "J"
+
+        with anyio.fail_after(10):
+            async with KeyedLanes[str](
+                limit=2, retry=Retry(attempts=3, backoff=Backoff(base=0.01), jitter="none")
+            ) as lanes:
+                job = lanes.submit_nowait("a", flaky)
+                lanes.submit_nowait("c", anyio.sleep, 0.005)
+                while job.status is not JobStatus.RUNNING or job.attempts < 2:
+                    await anyio.lowlevel.checkpoint()
+                job.cancel()
+        assert others[0].result() == "K"
+        assert lanes.statistics().timed_out == 0
