@@ -139,12 +139,12 @@ async def main() -> None:
     # The payment needs the customer's confirmation: the call moves the deadline.
     start = anyio.current_time()
     receipt = await process_order(services, Order("o-2", 8, ("tea",), "confirm"), timeout=0.3)
-    print(receipt, f"(took {anyio.current_time() - start:.1f} s, the timeout was 0.3 s)")
+    print(receipt, "(it took longer than the timeout of 0.3 s)")
     assert anyio.current_time() - start > 0.3
 
     # A declined card cancels the stock checks still running, and is raised as is.
     try:
-        await process_order(services, Order("o-3", 9, ("tea", HANGS), "declined"))
+        await process_order(services, Order("o-3", 9, (HANGS,), "declined"))
     except PaymentDeclined as exc:
         print(f"o-3 failed: {exc!r}; cancelled: {services.cancelled}")
     assert services.cancelled == [f"stock of {HANGS}"]

@@ -17,7 +17,7 @@ import anyio
 
 from anyio_keyq import SingleFlight
 
-TTL = 0.5  # seconds a profile stays cached after its query ends
+TTL = 5.0  # seconds a profile stays cached after its query ends
 QUERY_TIME = 0.1
 
 

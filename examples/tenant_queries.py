@@ -8,7 +8,8 @@ nightly report costs 4 units and is batch work, priority 1; an interactive query
 When two reports hold all 8 units, four more reports wait, and then interactive queries
 arrive: when the first report ends, they start before the waiting reports. Priority orders
 the *lanes* waiting for units, never the jobs of one tenant: the query of a tenant whose
-report is still queued waits behind that report.
+report is still queued waits behind that report, and then goes before the reports still
+waiting.
 
 The database is simulated with ``anyio.sleep``. Run it with
 ``python examples/tenant_queries.py``.
@@ -44,9 +45,10 @@ class Database:
 async def main() -> None:
     database = Database()
     async with KeyedLanes[str](limit=BUDGET) as lanes:
-        # The nightly reports: a and b take the 8 units, c to f wait.
+        # The nightly reports: a and b take the 8 units, c to f wait. a's report ends
+        # long before b's, so that the interactive queries find 4 units free, not 8.
         for tenant in "abcdef":
-            seconds = 0.02 if tenant == "a" else 0.04  # a's report ends first
+            seconds = {"a": 0.02, "b": 0.25}.get(tenant, 0.04)
             lanes.submit_nowait(
                 tenant,
                 database.run,
