@@ -156,6 +156,7 @@ async def main() -> None:
     letters: list[DeadLetter[str]] = []
     ports = {"down": await refused_port()}
     jobs: dict[tuple[str, str], Job[Any]] = {}
+    client = Client(ports)
     lanes = KeyedLanes[str](
         limit=8,
         per_key=2,
@@ -168,7 +169,6 @@ async def main() -> None:
             listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
             ports[host.name] = listener.extra(SocketAttribute.local_port)
             servers.start_soon(serve, listener, host.handle)
-        client = Client(ports)
         await client.open(stack)
 
         async with lanes:
