@@ -1205,6 +1205,8 @@ async def run_schedule(seed: int, max_size: int, tasks: int) -> None:
         async with anyio.create_task_group() as tg:
             for _ in range(tasks):
                 tg.start_soon(worker, pool)
+        # The background task may be closing an expired resource at this very instant.
+        await anyio.wait_all_tasks_blocked()
         stats = settled(pool)
         assert stats.size == alive
         assert stats.created == len(made)
