@@ -772,8 +772,6 @@ class KeyedLanes(Generic[K]):
         job._status = _RUNNING
         job._token = token
         job._attempts += 1
-        if self._retry is not None or job._extras is not None:
-            self._note_start(job)
         if credit is not None:
             job._more.credit = credit
         lane.queued -= 1
@@ -1045,7 +1043,7 @@ class KeyedLanes(Generic[K]):
                     self._failed_for_good(job, fn, args, exc)
         else:
             policy = self._policy_of(job)
-            if policy is not None:
+            if policy is not None and job._attempts:  # its policy counted it as a run
                 policy._record_outcome("cancelled")
             job._settle(status, value, exc)
             self._cancelled += 1
@@ -1113,7 +1111,7 @@ class KeyedLanes(Generic[K]):
         return more.due
 
     def _note_start(self, job: Job[Any]) -> None:
-        """Count a start of a job that has a retry policy: a run, or a retry."""
+        """Count a call of a job that has a retry policy: a run, or a retry."""
         policy = self._policy_of(job)
         if policy is None:
             return
@@ -1461,8 +1459,8 @@ class KeyedLanes(Generic[K]):
                     while True:
                         timeout = job._timeout
                         if job._cancel_requested:  # cancelled between hand-off and start
-                            free = self._finish(job, _CANCELLED)
                             job._attempts -= 1  # its function was not called
+                            free = self._finish(job, _CANCELLED)
                             timeout = None
                         else:
                             if timeout is not None:
@@ -1471,6 +1469,8 @@ class KeyedLanes(Generic[K]):
                             try:
                                 if job._ordered:
                                     await self._take_turn(job)
+                                if self._retry is not None or job._extras is not None:
+                                    self._note_start(job)  # its function is called now
                                 if self._breaker is not None:
                                     self._enter_breaker(job)
                                 if job._ctx == home:
@@ -1564,8 +1564,8 @@ class KeyedLanes(Generic[K]):
                 if not parked.event.is_set():  # not yet woken by _stop_workers()
                     self._parked.remove(parked)
             else:  # handed a job in the same instant as the cancellation
-                free = self._finish(job, _CANCELLED)
                 job._attempts -= 1  # its function was not called
+                free = self._finish(job, _CANCELLED)
                 if free is not None:
                     self._permits.release(free)
             raise
