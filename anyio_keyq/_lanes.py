@@ -1042,9 +1042,8 @@ class KeyedLanes(Generic[K]):
                 if isinstance(exc, Exception) and (self._postbox is not None or self._halt):
                     self._failed_for_good(job, fn, args, exc)
         else:
-            policy = self._policy_of(job)
-            if policy is not None and job._attempts:  # its policy counted it as a run
-                policy._record_outcome("cancelled")
+            if job._attempts:  # its policy, if any, counted it as a run
+                self._stopped(job)
             job._settle(status, value, exc)
             self._cancelled += 1
         self._running -= 1
@@ -1123,6 +1122,12 @@ class KeyedLanes(Generic[K]):
             policy._record_retry()
             self._retried += 1
 
+    def _stopped(self, job: Job[Any]) -> None:
+        """Count a run stopped from outside (cancelled, or its lane halted)."""
+        policy = self._policy_of(job)
+        if policy is not None:
+            policy._record_outcome("cancelled")
+
     def _policy_of(self, job: Job[Any]) -> Retry | None:
         extras = job._extras
         if extras is not None and extras.retry is not None:
@@ -1200,9 +1205,7 @@ class KeyedLanes(Generic[K]):
         for queued in self._queued_jobs(lane):
             if queued._status is _QUEUED:
                 if queued._attempts:  # it waited to be retried
-                    policy = self._policy_of(queued)
-                    if policy is not None:
-                        policy._record_outcome("cancelled")
+                    self._stopped(queued)
                 fn, args = queued._fn, queued._args
                 error = LaneHalted(key, cause)
                 self._settle(queued, _FAILED, exc=error)
@@ -1267,9 +1270,7 @@ class KeyedLanes(Generic[K]):
         lane.queued -= 1
         if job._attempts:  # it waited to be retried, at the head: the lane may go on
             self._forget_retry(lane)
-            policy = self._policy_of(job)
-            if policy is not None:
-                policy._record_outcome("cancelled")
+            self._stopped(job)
         if lane.room:
             self._admit(lane)
         if not lane.queued and not lane.running:
