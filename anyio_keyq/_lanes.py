@@ -236,6 +236,7 @@ class KeyedLanes(Generic[K]):
         "__weakref__",
         "_breaker",
         "_cancelled",
+        "_accepting",
         "_closed",
         "_closed_reason",
         "_completed",
@@ -343,6 +344,8 @@ class KeyedLanes(Generic[K]):
         self._own_tg: anyio.abc.TaskGroup | None = None
         self._entered = False
         self._closed = False
+        # Open and hosted: new jobs are welcome (the fast path of submit_nowait).
+        self._accepting = task_group is not None
         self._closed_reason = "the lanes are closed and accept no new jobs"
         self._shutdown = False
         self._lanes: dict[K, Lane] = {}
@@ -400,6 +403,7 @@ class KeyedLanes(Generic[K]):
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._own_tg = self._host = tg
+        self._accepting = not self._closed
         return self
 
     async def __aexit__(
@@ -439,6 +443,7 @@ class KeyedLanes(Generic[K]):
         if self._closed:
             return
         self._closed = True
+        self._accepting = False
         for lane in self._lanes.values():
             if lane.room:
                 for waiter in lane.room:
@@ -580,8 +585,32 @@ class KeyedLanes(Generic[K]):
             are waiting for room
         :raises LanesClosed: if the lanes are closed
         """
-        job = self._new_job(key, fn, args, timeout, weight, priority, retry, None)
-        lane = job._lane
+        if (
+            self._accepting
+            and timeout is None
+            and retry is None
+            and weight == 1
+            and not priority
+            and not self._halted
+        ):
+            # The common case, kept short: what _new_job() does for default options.
+            if not callable(fn):
+                check_callable(fn)
+            lanes = self._lanes
+            try:
+                lane = lanes.get(key)
+            except TypeError:
+                raise _unhashable(key) from None
+            ctx = copy_context()
+            if ctx == self._home:
+                ctx = self._home
+            job = Job(self, lane, key, fn, args, ctx, self._timeout, None)
+            if lane is None:
+                job._lane = lanes[key] = lane = job
+                job.open_lane()
+        else:
+            job = self._new_job(key, fn, args, timeout, weight, priority, retry, None)
+            lane = job._lane
         if lane.queued >= self._max_pending or lane.room:
             self._forget_if_idle(lane)
             raise LaneFull(key, self._max_pending)
@@ -646,10 +675,7 @@ class KeyedLanes(Generic[K]):
         try:
             lane = self._lanes.get(key)
         except TypeError:
-            raise TypeError(
-                f"key must be hashable, got {key!r} of type {type(key).__name__}; "
-                f"use an immutable value such as a str, an int or a tuple"
-            ) from None
+            raise _unhashable(key) from None
         if self._halted and key in self._halted:
             raise LaneHalted(key, self._halted[key])
         if retry is not None:
@@ -1713,6 +1739,13 @@ class KeyedLanes(Generic[K]):
             f"<anyio_keyq.KeyedLanes at {id(self):#x}: {state}, {len(self._lanes)} lanes, "
             f"{self._running} running, {self._queued} queued, limit={self._limit!r}>"
         )
+
+
+def _unhashable(key: object) -> TypeError:
+    return TypeError(
+        f"key must be hashable, got {key!r} of type {type(key).__name__}; "
+        f"use an immutable value such as a str, an int or a tuple"
+    )
 
 
 def _check_retry(name: str, value: object) -> None:
