@@ -14,11 +14,11 @@ import anyio
 from anyio.lowlevel import checkpoint
 
 from ._exceptions import JobCancelled
-from ._lane import Lane
 from ._util import describe, final
 
 if TYPE_CHECKING:
     from ._breaker import CircuitBreaker
+    from ._lane import Lane
     from ._permits import Credit, Token
     from ._retry import Retry
 
@@ -105,6 +105,7 @@ class _JobExtras:
         "due",
         "links",
         "order",
+        "ordered",
         "priority",
         "report",
         "retry",
@@ -130,13 +131,15 @@ class _JobExtras:
         self.delay: float | None = None
         self.due = 0.0
         self.order = 0
+        # With per_key > 1: the job must wait for its turn to begin (see Lane.turn).
+        self.ordered = False
         # The circuit breaker the running attempt has entered, and its ticket, to
         # report the attempt's outcome.
         self.breaker: tuple[CircuitBreaker, int] | None = None
 
 
 @final
-class Job(Lane, Generic[T]):
+class Job(Generic[T]):
     """A handle on one unit of work: await it for the result.
 
     Jobs are created by the library (for example by
@@ -149,9 +152,9 @@ class Job(Lane, Generic[T]):
     cancelled, the job goes on. Use :meth:`cancel` to cancel the job itself.
     """
 
-    # Every job is a potential lane record (see Lane), so that a key's first job needs
-    # no second object. A large backlog is dominated by the cyclic collector's visits
-    # to every queued object: fewer, smaller objects per job is most of the speed.
+    # A large backlog is dominated by the cyclic collector's visits to every queued
+    # object, slot by slot: few objects per job, with few slots, is most of the speed.
+    # The key's first job also carries the lane's record (see Lane).
     __slots__ = (
         "__weakref__",
         "_args",
@@ -162,7 +165,6 @@ class Job(Lane, Generic[T]):
         "_extras",
         "_fn",
         "_lane",
-        "_ordered",
         "_outcome",
         "_owner",
         "_scope",
@@ -186,7 +188,8 @@ class Job(Lane, Generic[T]):
         links: tuple[tuple[object, Hashable], ...] | None,
     ) -> None:
         self._owner = owner
-        self._lane = lane
+        # The lane of the job's key (KeyedLanes; a job that opens it is the Lane).
+        self._lane: Lane = lane
         self.key = key
         self._fn = fn
         self._args = args
@@ -199,7 +202,6 @@ class Job(Lane, Generic[T]):
         self._scope: anyio.CancelScope | None = None
         self._token: Token | None = None
         self._cancel_requested = False
-        self._ordered = False
         self._attempts = 0  # times the function was called: retries call it again
         self._extras = None if links is None else _JobExtras(links)
 

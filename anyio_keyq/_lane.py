@@ -2,72 +2,87 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from ._job import Job
 
 if TYPE_CHECKING:
     from collections import deque
-    from collections.abc import Hashable
+    from collections.abc import Awaitable, Callable, Hashable
+    from contextvars import Context
 
     import anyio
 
     from ._breaker import CircuitBreaker
-    from ._job import Job
+    from ._job import JobOwner
     from ._lanes import _RoomWaiter
     from ._permits import Credit
     from ._rate import _TokenBucket
 
 
-class Lane:
-    """The bookkeeping of one key: its queue and its counts, and nothing else.
+class Lane(Job[Any]):
+    """A job that also keeps the bookkeeping of its key: its queue and its counts.
 
-    A lane is not an object of its own: :class:`~anyio_keyq.Job` derives from this
-    class, and the job that opens a lane (the first job of an idle key) carries the
-    lane's fields too. With many distinct keys, a lane then costs no second object,
-    which halves the work of the cyclic garbage collector on a large backlog. Only
-    the job that opens a lane has these fields set, by :meth:`open_lane`; the lanes
-    clear them when they drop the lane.
+    A lane is not an object of its own: the job that opens a lane (the first job of an
+    idle key) is made a :class:`Lane`, and carries the lane's fields besides its own.
+    With many distinct keys, a lane then costs no second object, which halves the
+    work of the cyclic garbage collector on a large backlog; the other jobs of the key
+    are plain jobs, without these fields. The lanes clear them when they drop the
+    lane, and the job lives on as a job.
     """
-
-    key: Hashable  # a slot of Job
 
     __slots__ = (
         "current",
         "head",
-        "idle_at",
-        "idle_event",
         "in_ready",
         "lane_extras",
         "live",
         "queue",
         "queued",
-        "room",
         "running",
     )
 
-    def open_lane(self) -> None:
+    def __init__(
+        self,
+        owner: JobOwner,
+        key: Hashable,
+        fn: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        ctx: Context,
+        timeout: float | None,
+        links: tuple[tuple[object, Hashable], ...] | None,
+    ) -> None:
+        Job.__init__(self, owner, self, key, fn, args, ctx, timeout, links)  # pyright: ignore[reportUnknownMemberType]
         # Jobs in submission order: the first in `head`, the others in `queue`, made
         # only when needed (most lanes never hold two). Cancelled jobs stay as
         # tombstones until popped.
-        self.head: Job[object] | None = None
-        self.queue: deque[Job[object]] | None = None
+        self.head: Job[Any] | None = None
+        self.queue: deque[Job[Any]] | None = None
         self.queued = 0
         self.running = 0
         # The running job (per_key=1; with per_key > 1 see LaneExtras.active).
-        self.current: Job[object] | None = None
+        self.current: Job[Any] | None = None
         self.in_ready = False
-        self.room: deque[_RoomWaiter] | None = None
-        self.idle_at: float | None = None
-        self.idle_event: anyio.Event | None = None
         self.live = True
         self.lane_extras: LaneExtras | None = None
 
     def close_lane(self) -> None:
         """The lane is dropped: let go of what it holds, keep the job's own fields."""
         self.live = False
-        self.idle_at = None
         self.queue = None
-        self.room = None
         self.lane_extras = None
+
+    @property
+    def room(self) -> deque[_RoomWaiter] | None:
+        """The callers waiting for room in the lane, if any ever waited."""
+        extras = self.lane_extras
+        return None if extras is None else extras.room
+
+    @property
+    def idle_at(self) -> float | None:
+        """When the lane became idle, while it lingers (else ``None``)."""
+        extras = self.lane_extras
+        return None if extras is None else extras.idle_at
 
     @property
     def extras(self) -> LaneExtras:
@@ -79,29 +94,38 @@ class Lane:
 
 
 class LaneExtras:
-    """What only some lanes need: lent permits, ``per_key > 1`` bookkeeping, rates,
-    retries and breakers."""
+    """What only some lanes need: room waiters, lingering, lent permits, ``per_key > 1``
+    bookkeeping, rates, retries and breakers."""
 
     __slots__ = (
         "active",
         "breaker",
         "bucket",
+        "idle_at",
+        "idle_event",
         "in_lent_ready",
         "lent",
         "paced",
+        "room",
         "starting",
         "turn",
     )
 
     def __init__(self) -> None:
+        # Callers waiting for room in the lane (max_pending), first come first.
+        self.room: deque[_RoomWaiter] | None = None
+        # When the lane became idle, while it lingers (idle_timeout, rates, breakers).
+        self.idle_at: float | None = None
+        # Set when the lane is next idle, for wait_idle(key).
+        self.idle_event: anyio.Event | None = None
         # With per_key > 1: the running jobs.
-        self.active: list[Job[object]] = []
+        self.active: list[Job[Any]] = []
         # Credits lent to this lane by jobs waiting for one of its jobs.
         self.lent: list[Credit] = []
         self.in_lent_ready = False
         # With per_key > 1: jobs handed to workers but not yet begun, in order, so
         # that they begin in submission order whatever order their workers wake in.
-        self.starting: deque[Job[object]] | None = None
+        self.starting: deque[Job[Any]] | None = None
         self.turn: anyio.Event | None = None
         # With a rate per key: the lane's token bucket, and whether the lane waits for
         # a token in the pacer's queue.

@@ -30,6 +30,7 @@ from ._breaker import CircuitBreaker
 from ._dead_letter import DeadLetter, Postbox, check_dead_letter
 from ._exceptions import LaneDeadlock, LaneFull, LaneHalted, LanesClosed
 from ._job import Job, JobStatus, _JobExtras, current_job
+from ._lane import Lane
 from ._limiters import Limiter
 from ._permits import (
     CountedPermits,
@@ -47,7 +48,6 @@ from ._util import check_bound, check_callable, check_positive_int, check_second
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from ._lane import Lane
 
 K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
@@ -234,9 +234,9 @@ class KeyedLanes(Generic[K]):
 
     __slots__ = (
         "__weakref__",
+        "_accepting",
         "_breaker",
         "_cancelled",
-        "_accepting",
         "_closed",
         "_closed_reason",
         "_completed",
@@ -445,11 +445,12 @@ class KeyedLanes(Generic[K]):
         self._closed = True
         self._accepting = False
         for lane in self._lanes.values():
-            if lane.room:
-                for waiter in lane.room:
+            room = lane.room
+            if room:
+                for waiter in room:
                     waiter.closed = True
                     waiter.event.set()
-                lane.room.clear()
+                room.clear()
 
     async def aclose(self) -> None:
         """Close the lanes, wait for every accepted job to settle, and stop the workers.
@@ -604,14 +605,15 @@ class KeyedLanes(Generic[K]):
             ctx = copy_context()
             if ctx == self._home:
                 ctx = self._home
-            job = Job(self, lane, key, fn, args, ctx, self._timeout, None)
-            if lane is None:
-                job._lane = lanes[key] = lane = job
-                job.open_lane()
+            job: Job[T]
+            if lane is None:  # the job opens the lane of its key: see Lane
+                job = lanes[key] = lane = Lane(self, key, fn, args, ctx, self._timeout, None)
+            else:
+                job = Job(self, lane, key, fn, args, ctx, self._timeout, None)
         else:
             job = self._new_job(key, fn, args, timeout, weight, priority, retry, None)
             lane = job._lane
-        if lane.queued >= self._max_pending or lane.room:
+        if lane.queued >= self._max_pending or (self._room_waiting and lane.room):
             self._forget_if_idle(lane)
             raise LaneFull(key, self._max_pending)
         if self._enqueue(lane, job):
@@ -631,7 +633,7 @@ class KeyedLanes(Generic[K]):
     ) -> Job[T]:
         job = self._new_job(key, fn, args, timeout, weight, priority, retry, what)
         lane = job._lane
-        if lane.queued < self._max_pending and not lane.room:
+        if lane.queued < self._max_pending and not (self._room_waiting and lane.room):
             if self._enqueue(lane, job):
                 self._kick()
             return job
@@ -683,14 +685,15 @@ class KeyedLanes(Generic[K]):
         ctx = copy_context()
         if ctx == self._home:
             ctx = self._home  # one shared context instead of a copy per queued job
-        job = Job(self, lane, key, fn, args, ctx, timeout, links)
+        job: Job[T]
+        if lane is None:  # the job opens the lane of its key: see Lane
+            job = self._lanes[key] = Lane(self, key, fn, args, ctx, timeout, links)
+        else:
+            job = Job(self, lane, key, fn, args, ctx, timeout, links)
         if weighed:
             self._weigh(job, weight, priority)
         if retry is not None:
             job._more.retry = retry
-        if lane is None:  # the job opens the lane of its key: see Lane
-            job._lane = self._lanes[key] = job
-            job.open_lane()
         return job
 
     def _check_weight(self, weight: object, priority: object) -> None:
@@ -727,9 +730,10 @@ class KeyedLanes(Generic[K]):
 
     async def _wait_for_room(self, lane: Lane, job: Job[Any]) -> None:
         waiter = _RoomWaiter(job)
-        if lane.room is None:
-            lane.room = deque()
-        lane.room.append(waiter)
+        extras = lane.extras
+        if extras.room is None:
+            extras.room = deque()
+        extras.room.append(waiter)
         self._room_waiting += 1
         try:
             await waiter.event.wait()
@@ -737,7 +741,7 @@ class KeyedLanes(Generic[K]):
             if waiter.accepted:
                 job.cancel()  # accepted in the same instant: withdraw it, unstarted
             elif not waiter.closed:
-                lane.room.remove(waiter)
+                extras.room.remove(waiter)
                 self._forget_if_idle(lane)
             raise
         finally:
@@ -768,7 +772,8 @@ class KeyedLanes(Generic[K]):
         else:
             lane.queue.append(job)
         lane.queued += 1
-        lane.idle_at = None
+        if lane.lane_extras is not None:
+            lane.lane_extras.idle_at = None
         self._queued += 1
         self._submitted += 1
         if lane.running < self._per_key and not lane.in_ready:
@@ -810,7 +815,7 @@ class KeyedLanes(Generic[K]):
             lane.current = job
         else:
             self._start_one_of_many(lane, job)
-        if lane.room:
+        if self._room_waiting and lane.room:
             self._admit(lane)
         return job
 
@@ -830,7 +835,7 @@ class KeyedLanes(Generic[K]):
         if extras.starting is None:
             extras.starting = deque()
         extras.starting.append(job)
-        job._ordered = True
+        job._more.ordered = True
         if lane.queued and lane.running < self._per_key and not lane.in_ready:
             lane.in_ready = True
             self._ready.append(lane)
@@ -1035,9 +1040,9 @@ class KeyedLanes(Generic[K]):
         A failed job that its retry policy retries is queued again instead, at the
         head of its lane, to start once the policy's delay has passed.
         """
-        if job._ordered:  # settled before its turn to begin came
-            self._pass_turn(job)
         extras = job._extras
+        if extras is not None and extras.ordered:  # settled before its turn to begin came
+            self._pass_turn(job)
         retry_at: float | None = None
         if status is _FINISHED:
             if extras is not None:
@@ -1242,11 +1247,12 @@ class KeyedLanes(Generic[K]):
                 self._post(queued, fn, args, error, f"its lane was halted by {cause!r}")
         self._clear_queue(lane)
         self._forget_retry(lane)
-        if lane.room:
-            for waiter in lane.room:
+        room = lane.room
+        if room:
+            for waiter in room:
                 waiter.refused = LaneHalted(key, cause)
                 waiter.event.set()
-            lane.room.clear()
+            room.clear()
 
     def resume(self, key: K) -> None:
         """Accept jobs for *key* again after a failure halted its lane.
@@ -1280,7 +1286,7 @@ class KeyedLanes(Generic[K]):
         self._pass_turn(job)
 
     def _pass_turn(self, job: Job[Any]) -> None:
-        job._ordered = False
+        job._more.ordered = False
         extras = job._lane.extras
         assert extras.starting is not None
         extras.starting.remove(job)
@@ -1297,7 +1303,7 @@ class KeyedLanes(Generic[K]):
         if job._attempts:  # it waited to be retried, at the head: the lane may go on
             self._forget_retry(lane)
             self._stopped(job)
-        if lane.room:
+        if self._room_waiting and lane.room:
             self._admit(lane)
         if not lane.queued and not lane.running:
             self._lane_idle(lane)
@@ -1318,9 +1324,10 @@ class KeyedLanes(Generic[K]):
     def _lane_idle(self, lane: Lane) -> None:
         if lane.head is not None:
             self._clear_queue(lane)  # cancelled jobs left behind
-        if lane.idle_event is not None:
-            lane.idle_event.set()
-            lane.idle_event = None
+        extras = lane.lane_extras
+        if extras is not None and extras.idle_event is not None:
+            extras.idle_event.set()
+            extras.idle_event = None
         if not lane.live:
             return
         if self._shutdown or not (self._idle_timeout or self._rate or self._breaker):
@@ -1343,7 +1350,7 @@ class KeyedLanes(Generic[K]):
             lane.close_lane()
             del self._lanes[lane.key]  # type: ignore[arg-type]
             return
-        lane.idle_at = now
+        lane.extras.idle_at = now
         heapq.heappush(self._lingering, (expiry, now, next(self._order), lane))
         if self._reaper_scope is None:
             self._reaper_scope = anyio.CancelScope()
@@ -1494,7 +1501,7 @@ class KeyedLanes(Generic[K]):
                                 scope.deadline = anyio.current_time() + timeout
                             job._scope = scope
                             try:
-                                if job._ordered:
+                                if job._extras is not None and job._extras.ordered:
                                     await self._take_turn(job)
                                 if self._retry is not None or job._extras is not None:
                                     self._note_start(job)  # its function is called now
@@ -1676,9 +1683,10 @@ class KeyedLanes(Generic[K]):
         if lane is None or (not lane.queued and not lane.running):
             await checkpoint()
             return
-        if lane.idle_event is None:
-            lane.idle_event = anyio.Event()
-        await lane.idle_event.wait()
+        extras = lane.extras
+        if extras.idle_event is None:
+            extras.idle_event = anyio.Event()
+        await extras.idle_event.wait()
 
     @property
     def _delivering(self) -> bool:

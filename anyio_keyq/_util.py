@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Coroutine
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
 T = TypeVar("T")
 
+_PACKAGE = __name__.rpartition(".")[0] + "."
+
 
 def final(cls: type[T]) -> type[T]:
-    """Mark a class final for type checkers and refuse subclassing at run time."""
+    """Mark a class final for type checkers and refuse subclassing at run time.
 
-    def __init_subclass__(cls_: type[Any], /, **kwargs: Any) -> NoReturn:
-        raise TypeError(f"{cls.__module__}.{cls.__qualname__} does not support subclassing")
+    Only this package may derive from it (as Lane does from Job).
+    """
+
+    def __init_subclass__(cls_: type[Any], /, **kwargs: Any) -> None:
+        if not cls_.__module__.startswith(_PACKAGE):
+            raise TypeError(f"{cls.__module__}.{cls.__qualname__} does not support subclassing")
 
     cls.__init_subclass__ = classmethod(__init_subclass__)  # type: ignore[assignment,method-assign]
     cls.__final__ = True  # type: ignore[attr-defined]
