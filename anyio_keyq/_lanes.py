@@ -247,12 +247,14 @@ class KeyedLanes(Generic[K]):
         "_halt",
         "_halted",
         "_home",
+        "_hooks",
         "_host",
         "_idle_event",
         "_idle_timeout",
         "_lanes",
         "_lent_ready",
         "_limit",
+        "_linger",
         "_lingering",
         "_max_parked",
         "_max_pending",
@@ -381,6 +383,10 @@ class KeyedLanes(Generic[K]):
         # Halted keys, and the exception that halted each.
         self._halted: dict[K, BaseException] = {}
         self._retried = 0
+        # Whether a worker calls hooks around every job (else only for jobs with extras).
+        self._hooks = retry is not None or breaker is not None
+        # Whether an idle lane may linger (else it is dropped the moment it is idle).
+        self._linger = bool(self._idle_timeout) or rate is not None or breaker is not None
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -1330,7 +1336,7 @@ class KeyedLanes(Generic[K]):
             extras.idle_event = None
         if not lane.live:
             return
-        if self._shutdown or not (self._idle_timeout or self._rate or self._breaker):
+        if self._shutdown or not self._linger:
             lane.close_lane()
             del self._lanes[lane.key]  # type: ignore[arg-type]  # the key of a lane is a K
             return
@@ -1469,6 +1475,8 @@ class KeyedLanes(Generic[K]):
         # per-step context switch; a job that changes the context retires the worker,
         # so that nothing it set leaks into the next job.
         home = copy_context()
+        if home == self._home:
+            home = self._home  # most jobs' context: equal by identity, the fast check
         dirty = False
         value: Any
         try:
@@ -1501,13 +1509,16 @@ class KeyedLanes(Generic[K]):
                                 scope.deadline = anyio.current_time() + timeout
                             job._scope = scope
                             try:
-                                if job._extras is not None and job._extras.ordered:
-                                    await self._take_turn(job)
-                                if self._retry is not None or job._extras is not None:
-                                    self._note_start(job)  # its function is called now
-                                if self._breaker is not None:
-                                    self._enter_breaker(job)
-                                if job._ctx == home:
+                                extras = job._extras
+                                if extras is not None or self._hooks:
+                                    if extras is not None and extras.ordered:
+                                        await self._take_turn(job)
+                                    if self._retry is not None or extras is not None:
+                                        self._note_start(job)  # its function is called now
+                                    if self._breaker is not None:
+                                        self._enter_breaker(job)
+                                ctx = job._ctx
+                                if ctx is home or ctx == home:
                                     # Set, never reset: the next job sets its own (a
                                     # reset costs as much as a set), and a parked
                                     # worker lets go of it.
