@@ -29,7 +29,7 @@ from anyio.lowlevel import cancel_shielded_checkpoint, checkpoint, checkpoint_if
 from ._breaker import CircuitBreaker
 from ._dead_letter import DeadLetter, Postbox, check_dead_letter
 from ._exceptions import LaneDeadlock, LaneFull, LaneHalted, LanesClosed
-from ._job import Job, JobStatus, _JobExtras, current_job
+from ._job import _SPENT, Job, JobStatus, _JobExtras, current_job
 from ._lane import Lane
 from ._limiters import Limiter
 from ._permits import (
@@ -614,8 +614,18 @@ class KeyedLanes(Generic[K]):
             job: Job[T]
             if lane is None:  # the job opens the lane of its key: see Lane
                 job = lanes[key] = lane = Lane(self, key, fn, args, ctx, self._timeout, None)
-            else:
-                job = Job(self, lane, key, fn, args, ctx, self._timeout, None)
+                # _enqueue(), inlined for a new lane: the path of every job with
+                # distinct keys.
+                lane.head = job
+                lane.queued = 1
+                lane.in_ready = True
+                self._queued += 1
+                self._submitted += 1
+                self._ready.append(lane)
+                if not self._permits.exhausted or self._lent_ready:
+                    self._kick()
+                return job
+            job = Job(self, lane, key, fn, args, ctx, self._timeout, None)
         else:
             job = self._new_job(key, fn, args, timeout, weight, priority, retry, None)
             lane = job._lane
@@ -1115,6 +1125,41 @@ class KeyedLanes(Generic[K]):
             self._wake_idle()
         return token if token.holders == 0 else None
 
+    def _returned(self, job: Job[Any], value: Any) -> Token | None:
+        """:meth:`_finish` for a job that returned, with no extras, no retries or
+        breakers and ``per_key=1``: the path of most jobs, its calls inlined."""
+        # Job._settle(), inlined.
+        job._status = _FINISHED
+        job._outcome = value
+        job._scope = None
+        job._args = ()
+        job._ctx = _SPENT
+        if job._event is not None:
+            job._event.set()
+        self._completed += 1
+        self._running -= 1
+        lane = job._lane
+        lane.running = 0
+        lane.current = None
+        if lane.queued:
+            if not lane.in_ready:
+                lane.in_ready = True
+                self._ready.append(lane)
+        elif lane.head is None and lane.lane_extras is None and not self._linger and lane.live:
+            # _lane_idle(), inlined: nothing to tell, nothing to keep; drop the lane.
+            lane.live = False
+            lane.queue = None
+            del self._lanes[lane.key]  # type: ignore[arg-type]  # the key of a lane is a K
+        else:
+            self._lane_idle(lane)
+        token = job._token
+        assert token is not None
+        token.holders -= 1
+        token.failed = False
+        if not self._running and not self._queued:
+            self._wake_idle()
+        return token if token.holders == 0 else None
+
     # -- retries, dead-letter and halted lanes -------------------------------------
 
     def _retry_at(self, job: Job[Any], exc: BaseException) -> float | None:
@@ -1449,7 +1494,7 @@ class KeyedLanes(Generic[K]):
 
     def _kick(self) -> None:
         """Start as much ready work as the free permits allow."""
-        if self._shutdown or not (self._lent_ready or self._permits.maybe_free()):
+        if self._shutdown or (self._permits.exhausted and not self._lent_ready):
             return
         while (job := self._next(None)) is not None:
             if self._parked:
@@ -1477,6 +1522,7 @@ class KeyedLanes(Generic[K]):
         home = copy_context()
         if home == self._home:
             home = self._home  # most jobs' context: equal by identity, the fast check
+        plain = not self._hooks and self._per_key == 1  # see _returned()
         dirty = False
         value: Any
         try:
@@ -1540,7 +1586,10 @@ class KeyedLanes(Generic[K]):
                                 if not isinstance(exc, Exception):
                                     raise
                             else:
-                                free = self._finish(job, _FINISHED, value)
+                                if plain and job._extras is None:
+                                    free = self._returned(job, value)
+                                else:
+                                    free = self._finish(job, _FINISHED, value)
                         if dirty:
                             job = None
                             break

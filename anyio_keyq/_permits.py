@@ -67,13 +67,11 @@ class Permits:
     #: Whether a job may weigh more than 1.
     weighted = True
     total: float = float("inf")
+    #: Whether try_acquire() cannot succeed now (False: it might).
+    exhausted = False
 
     def try_acquire(self, job: Job[object]) -> Token | None:
         return Token(weight_of(job))
-
-    def maybe_free(self) -> bool:
-        """Whether try_acquire() might succeed (cheap; False only when it cannot)."""
-        return True
 
     async def acquire(self, job: Job[object]) -> Token:  # pragma: no cover - never waits
         raise NotImplementedError
@@ -85,30 +83,31 @@ class Permits:
 class CountedPermits(Permits):
     """``limit=N``: a private count; only the lanes' own jobs take its tokens."""
 
-    __slots__ = ("_used", "total")
+    __slots__ = ("_used", "exhausted", "total")
 
     def __init__(self, total: int) -> None:
         self.total = total
         self._used = 0
+        self.exhausted = False
 
     def try_acquire(self, job: Job[object]) -> Token | None:
         extras = job._extras
         if extras is None:  # the common case, kept short
             if self._used < self.total:
                 self._used += 1
+                self.exhausted = self._used >= self.total
                 return Token()
             return None
         weight = extras.weight
         if self._used + weight <= self.total:
             self._used += weight
+            self.exhausted = self._used >= self.total
             return Token(weight)
         return None
 
     def release(self, token: Token) -> None:
         self._used -= token.weight
-
-    def maybe_free(self) -> bool:
-        return self._used < self.total
+        self.exhausted = False
 
 
 class LimiterPermits(Permits):
