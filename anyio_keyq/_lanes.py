@@ -450,6 +450,8 @@ class KeyedLanes(Generic[K]):
             return
         self._closed = True
         self._accepting = False
+        if not self._room_waiting:
+            return  # nobody to tell: no need to visit every lane
         for lane in self._lanes.values():
             room = lane.room
             if room:
@@ -808,12 +810,8 @@ class KeyedLanes(Generic[K]):
             self._enqueue(lane, waiter.job)
             waiter.event.set()
 
-    def _start(self, lane: Lane, token: Token, credit: Credit | None) -> Job[Any]:
-        """Take the next queued job of *lane* and mark it running on *token*."""
-        job = lane.head
-        assert job is not None
-        if job._status is not _QUEUED:  # cancelled jobs left in the queue
-            job = self._first_queued(lane)
+    def _start(self, lane: Lane, job: Job[Any], token: Token, credit: Credit | None) -> Job[Any]:
+        """Take *job*, the first queued job of *lane*, and mark it running on *token*."""
         queue = lane.queue
         lane.head = queue.popleft() if queue else None
         job._status = _RUNNING
@@ -836,7 +834,10 @@ class KeyedLanes(Generic[K]):
         return job
 
     def _first_queued(self, lane: Lane) -> Job[Any]:
-        """The next job of *lane* to start, past the cancelled jobs left in its queue."""
+        """The next job of *lane* to start, past the cancelled jobs left in its queue.
+
+        Cancelled queued jobs stay as tombstones until they reach the head: here.
+        """
         job = lane.head
         assert job is not None
         while job._status is not _QUEUED:
@@ -904,7 +905,7 @@ class KeyedLanes(Generic[K]):
                 return None
             ready.popleft()
             lane.in_ready = False
-            return self._start(lane, token, None)
+            return self._start(lane, job, token, None)
         if token is not None:
             permits.release(token)
         return None
@@ -1040,7 +1041,7 @@ class KeyedLanes(Generic[K]):
                     lent_ready.append(lane)
                 if token is not None:
                     self._permits.release(token)
-                return self._start(lane, credit.token, credit)
+                return self._start(lane, self._first_queued(lane), credit.token, credit)
         return None
 
     def _finish(
