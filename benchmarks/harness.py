@@ -25,12 +25,13 @@ from .workload import (
     distinct_keys,
     make_durations,
     make_jobs,
+    plain_body,
 )
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
-    from .designs import JobSpec
+    from .designs import Body, JobSpec
 
 T = TypeVar("T")
 
@@ -150,6 +151,20 @@ class Cell:
         return statistics.median(self.rates) if self.status == "ok" and self.seconds else None
 
 
+def check_once(
+    backend: str,
+    design: Design,
+    jobs: Sequence[JobSpec],
+    variant: Variant,
+    durations: Sequence[float] | None,
+    limit: int,
+) -> Check:
+    """A check run: every body records its key and index; what the bodies saw."""
+    recorder = Recorder(jobs, variant, durations)
+    _run_once(backend, design, jobs, recorder.body(), limit)
+    return recorder.check()
+
+
 def time_once(
     backend: str,
     design: Design,
@@ -157,10 +172,15 @@ def time_once(
     variant: Variant,
     durations: Sequence[float] | None,
     limit: int,
-) -> tuple[float, Check]:
-    """One timing run in a fresh event loop: its seconds, and what the bodies saw."""
-    recorder = Recorder(jobs, variant, durations)
-    body = recorder.body()
+) -> float:
+    """A timing run, with the workload's body and nothing else: its seconds."""
+    return _run_once(backend, design, jobs, plain_body(variant, durations), limit)
+
+
+def _run_once(
+    backend: str, design: Design, jobs: Sequence[JobSpec], body: Body, limit: int
+) -> float:
+    """Run *design* once in a fresh event loop; return its seconds."""
     run = design.run
 
     async def main() -> float:
@@ -176,7 +196,7 @@ def time_once(
         seconds = run_on(backend, main)
     finally:
         gc.unfreeze()
-    return seconds, recorder.check()
+    return seconds
 
 
 class Progress:
@@ -201,13 +221,11 @@ def _plan(config: Config) -> list[tuple[Variant, str, int, list[Design]]]:
 
 
 def measure_throughput(config: Config) -> list[Cell]:
-    """Time every design on every workload and backend; check every run."""
+    """Time every design on every workload and backend, after a check run of each."""
     plan = _plan(config)
     total = sum(
-        1
-        if backend in d.unordered_on
-        else config.repeats + (config.n_for(d, variant, keys) > config.pilot_n)
-        for variant, backend, keys, designs in plan
+        1 if backend in d.unordered_on else config.repeats + 1
+        for _, backend, _, designs in plan
         for d in designs
         if supports(d, backend)
     )
@@ -231,7 +249,7 @@ def measure_throughput(config: Config) -> list[Cell]:
             if backend in design.unordered_on:
                 pilot = jobs[: min(n, config.pilot_n)]
                 try:
-                    _, check = time_once(backend, design, pilot, variant, durations, config.limit)
+                    check = check_once(backend, design, pilot, variant, durations, config.limit)
                     seen = check.describe()
                 except Exception as exc:
                     seen = f"{type(exc).__name__}: {exc}"
@@ -243,20 +261,19 @@ def measure_throughput(config: Config) -> list[Cell]:
                 progress.step(f"{label} {design.name}: not timed, {cell.note}")
                 continue
             group.append((cell, design))
-            # Check the design before timing it (the timing runs are checked too).
-            if n <= config.pilot_n:
-                continue  # the timing runs are all this workload has: each is checked
-            pilot = jobs[: config.pilot_n]
+            # Check the design on the very jobs it is timed on, before timing it. The
+            # timing runs run the workload's body alone, with no recording in it.
             try:
-                _, check = time_once(backend, design, pilot, variant, durations, config.limit)
+                check = check_once(backend, design, jobs[:n], variant, durations, config.limit)
             except Exception as exc:
                 cell.status, cell.note = "error", f"{type(exc).__name__}: {exc}"
                 seen = cell.note
             else:
+                cell.checks.append(check)
                 seen = check.describe()
                 if not check.ok(design.ordered):
-                    cell.status, cell.note = "incorrect", f"pilot run: {seen}"
-            progress.step(f"{label} {design.name}: check of {len(pilot)} jobs: {seen}")
+                    cell.status, cell.note = "incorrect", f"check run: {seen}"
+            progress.step(f"{label} {design.name}: check run of {n} jobs: {seen}")
         for repeat in range(config.repeats):
             # Rotate the order of the designs from one repeat to the next.
             shift = repeat % max(len(group), 1)
@@ -265,24 +282,18 @@ def measure_throughput(config: Config) -> list[Cell]:
                     progress.step(f"{label} {design.name}: skipped ({cell.status})")
                     continue
                 try:
-                    seconds, check = time_once(
+                    seconds = time_once(
                         backend, design, jobs[: cell.n], variant, durations, config.limit
                     )
                 except Exception as exc:
                     cell.status, cell.note = "error", f"{type(exc).__name__}: {exc}"
+                    cell.seconds.clear()
                     progress.step(f"{label} {design.name}: {cell.note}")
                     continue
-                cell.checks.append(check)
-                seen = check.describe()
-                passed = check.ok(design.ordered)
-                if not passed:
-                    cell.status, cell.note = "incorrect", f"timing run {repeat + 1}: {seen}"
-                    cell.seconds.clear()
-                else:
-                    cell.seconds.append(seconds)
+                cell.seconds.append(seconds)
                 progress.step(
                     f"{label} {design.name} n={cell.n} run {repeat + 1}: {seconds:.3f} s, "
-                    f"{cell.n / seconds:,.0f} jobs/s{'' if passed else ' FAILED: ' + seen}"
+                    f"{cell.n / seconds:,.0f} jobs/s"
                 )
     return cells
 

@@ -1,4 +1,4 @@
-"""The workload: the jobs, the recording body every design runs, and the checks."""
+"""The workload: the jobs, the bodies every design runs, and the checks."""
 
 from __future__ import annotations
 
@@ -86,11 +86,11 @@ class Check:
 
 
 class Recorder:
-    """Makes the body every design runs, and checks afterwards what the bodies saw.
+    """Makes the body of a check run, and checks afterwards what the bodies saw.
 
     The body appends its index to the log of its key when it starts and counts
-    overlaps within a key, then awaits one checkpoint (or sleeps). Every design runs
-    this same body, so its cost is the same in every row.
+    overlaps within a key, then awaits one checkpoint (or sleeps). Timing runs use
+    :func:`plain_body` instead: the workload's body and nothing else.
     """
 
     __slots__ = ("_busy", "_log", "_overlaps", "_variant", "durations", "jobs")
@@ -162,6 +162,24 @@ class Recorder:
             if not in_order:
                 out_of_order += 1
         return Check(n, ran, duplicates, out_of_order, self._overlaps[0])
+
+
+def plain_body(variant: Variant, durations: Sequence[float] | None) -> Body:
+    """The body of a timing run: one checkpoint (or one sleep), nothing recorded."""
+    if variant == "checkpoint":
+
+        async def body(key: int, index: int) -> None:
+            await checkpoint()
+
+        return body
+
+    assert durations is not None
+    sleep = anyio.sleep
+
+    async def sleeping_body(key: int, index: int) -> None:
+        await sleep(durations[index])
+
+    return sleeping_body
 
 
 def counting_body(variant: Variant, durations: Sequence[float] | None) -> tuple[Body, list[int]]:
