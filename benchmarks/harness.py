@@ -5,10 +5,12 @@ from __future__ import annotations
 import gc
 import math
 import statistics
+import subprocess
 import sys
 import time
 import tracemalloc
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import anyio
@@ -27,6 +29,9 @@ from .workload import (
     make_jobs,
     plain_body,
 )
+
+#: The directory that holds the benchmarks package: where the timing runs start.
+_ROOT: Final = Path(__file__).resolve().parent.parent
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -177,6 +182,25 @@ def time_once(
     return _run_once(backend, design, jobs, plain_body(variant, durations), limit)
 
 
+def time_isolated(
+    backend: str,
+    design: Design,
+    variant: Variant,
+    keys: int,
+    full_n: int,
+    n: int,
+    limit: int,
+) -> float:
+    """:func:`time_once` in a fresh interpreter (see :mod:`benchmarks.one_run`)."""
+    command = [sys.executable, "-m", "benchmarks.one_run", backend, design.name, variant]
+    command += [str(keys), str(full_n), str(n), str(limit)]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=_ROOT, check=False)
+    if done.returncode:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"the timing run exited with {done.returncode}: {last}")
+    return float(done.stdout)
+
+
 def _run_once(
     backend: str, design: Design, jobs: Sequence[JobSpec], body: Body, limit: int
 ) -> float:
@@ -282,8 +306,8 @@ def measure_throughput(config: Config) -> list[Cell]:
                     progress.step(f"{label} {design.name}: skipped ({cell.status})")
                     continue
                 try:
-                    seconds = time_once(
-                        backend, design, jobs[: cell.n], variant, durations, config.limit
+                    seconds = time_isolated(
+                        backend, design, variant, keys, full_n, cell.n, config.limit
                     )
                 except Exception as exc:
                     cell.status, cell.note = "error", f"{type(exc).__name__}: {exc}"
