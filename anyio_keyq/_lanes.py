@@ -890,7 +890,7 @@ class KeyedLanes(Generic[K]):
                 extras = job._extras
                 weight = 1 if extras is None else extras.weight
                 if (fresh or permits.reuse) and token.weight == weight:
-                    token.holders = 1
+                    token.holders = 1  # the freed permit serves the next job as it is
                 else:
                     permits.release(token)
                     token = None
