@@ -62,7 +62,7 @@ class Config:
     serial_n: int = 500
     #: Timing runs per cell; the figure is their median.
     repeats: int = 5
-    #: Jobs of the untimed run that checks a design before it is timed.
+    #: Jobs of the check run of a design known not to keep order on a backend.
     pilot_n: int = 5_000
     limit: int = 100
     backends: tuple[str, ...] = ("asyncio", "uvloop", "trio")
@@ -144,7 +144,7 @@ class Cell:
     #: The distinct keys of its N jobs.
     distinct_keys: int = 0
     seconds: list[float] = field(default_factory=list[float])
-    #: What the bodies saw in every timing run.
+    #: What the bodies saw in the check run before the timing runs.
     checks: list[Check] = field(default_factory=list[Check])
 
     @property
