@@ -105,7 +105,6 @@ class _JobExtras:
         "due",
         "links",
         "order",
-        "ordered",
         "priority",
         "report",
         "retry",
@@ -131,8 +130,6 @@ class _JobExtras:
         self.delay: float | None = None
         self.due = 0.0
         self.order = 0
-        # With per_key > 1: the job must wait for its turn to begin (see Lane.turn).
-        self.ordered = False
         # The circuit breaker the running attempt has entered, and its ticket, to
         # report the attempt's outcome.
         self.breaker: tuple[CircuitBreaker, int] | None = None
@@ -165,6 +162,7 @@ class Job(Generic[T]):
         "_extras",
         "_fn",
         "_lane",
+        "_ordered",
         "_outcome",
         "_owner",
         "_scope",
@@ -202,6 +200,8 @@ class Job(Generic[T]):
         self._scope: anyio.CancelScope | None = None
         self._token: Token | None = None
         self._cancel_requested = False
+        # With per_key > 1: the job must wait for its turn to begin (see LaneExtras.turn).
+        self._ordered = False
         self._attempts = 0  # times the function was called: retries call it again
         self._extras = None if links is None else _JobExtras(links)
 

@@ -34,6 +34,7 @@ class Lane(Job[Any]):
     __slots__ = (
         "current",
         "head",
+        "idle_at",
         "in_ready",
         "lane_extras",
         "live",
@@ -63,12 +64,15 @@ class Lane(Job[Any]):
         # The running job (per_key=1; with per_key > 1 see LaneExtras.active).
         self.current: Job[Any] | None = None
         self.in_ready = False
+        # When the lane became idle, while it lingers (idle_timeout, rates, breakers).
+        self.idle_at: float | None = None
         self.live = True
         self.lane_extras: LaneExtras | None = None
 
     def close_lane(self) -> None:
         """The lane is dropped: let go of what it holds, keep the job's own fields."""
         self.live = False
+        self.idle_at = None
         self.queue = None
         self.lane_extras = None
 
@@ -77,12 +81,6 @@ class Lane(Job[Any]):
         """The callers waiting for room in the lane, if any ever waited."""
         extras = self.lane_extras
         return None if extras is None else extras.room
-
-    @property
-    def idle_at(self) -> float | None:
-        """When the lane became idle, while it lingers (else ``None``)."""
-        extras = self.lane_extras
-        return None if extras is None else extras.idle_at
 
     @property
     def extras(self) -> LaneExtras:
@@ -94,14 +92,13 @@ class Lane(Job[Any]):
 
 
 class LaneExtras:
-    """What only some lanes need: room waiters, lingering, lent permits, ``per_key > 1``
-    bookkeeping, rates, retries and breakers."""
+    """What only some lanes need: room waiters, an idle event, lent permits,
+    ``per_key > 1`` bookkeeping, rates, retries and breakers."""
 
     __slots__ = (
         "active",
         "breaker",
         "bucket",
-        "idle_at",
         "idle_event",
         "in_lent_ready",
         "lent",
@@ -114,8 +111,6 @@ class LaneExtras:
     def __init__(self) -> None:
         # Callers waiting for room in the lane (max_pending), first come first.
         self.room: deque[_RoomWaiter] | None = None
-        # When the lane became idle, while it lingers (idle_timeout, rates, breakers).
-        self.idle_at: float | None = None
         # Set when the lane is next idle, for wait_idle(key).
         self.idle_event: anyio.Event | None = None
         # With per_key > 1: the running jobs.

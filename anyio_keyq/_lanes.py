@@ -743,7 +743,7 @@ class KeyedLanes(Generic[K]):
             self._ready = _PriorityReady(self._ready)
 
     def _forget_if_idle(self, lane: Lane) -> None:
-        if not lane.queued and not lane.running and lane.idle_at is None:
+        if lane.live and not lane.queued and not lane.running and lane.idle_at is None:
             self._drop(lane)
 
     async def _wait_for_room(self, lane: Lane, job: Job[Any]) -> None:
@@ -758,7 +758,7 @@ class KeyedLanes(Generic[K]):
         except BaseException:
             if waiter.accepted:
                 job.cancel()  # accepted in the same instant: withdraw it, unstarted
-            elif not waiter.closed:
+            elif not waiter.closed and waiter.refused is None:  # else it left the line
                 extras.room.remove(waiter)
                 self._forget_if_idle(lane)
             raise
@@ -790,8 +790,7 @@ class KeyedLanes(Generic[K]):
         else:
             lane.queue.append(job)
         lane.queued += 1
-        if lane.lane_extras is not None:
-            lane.lane_extras.idle_at = None
+        lane.idle_at = None
         self._queued += 1
         self._submitted += 1
         if lane.running < self._per_key and not lane.in_ready:
@@ -852,7 +851,7 @@ class KeyedLanes(Generic[K]):
         if extras.starting is None:
             extras.starting = deque()
         extras.starting.append(job)
-        job._more.ordered = True
+        job._ordered = True
         if lane.queued and lane.running < self._per_key and not lane.in_ready:
             lane.in_ready = True
             self._ready.append(lane)
@@ -1057,9 +1056,9 @@ class KeyedLanes(Generic[K]):
         A failed job that its retry policy retries is queued again instead, at the
         head of its lane, to start once the policy's delay has passed.
         """
-        extras = job._extras
-        if extras is not None and extras.ordered:  # settled before its turn to begin came
+        if job._ordered:  # settled before its turn to begin came
             self._pass_turn(job)
+        extras = job._extras
         retry_at: float | None = None
         if status is _FINISHED:
             if extras is not None:
@@ -1338,7 +1337,7 @@ class KeyedLanes(Generic[K]):
         self._pass_turn(job)
 
     def _pass_turn(self, job: Job[Any]) -> None:
-        job._more.ordered = False
+        job._ordered = False
         extras = job._lane.extras
         assert extras.starting is not None
         extras.starting.remove(job)
@@ -1402,7 +1401,7 @@ class KeyedLanes(Generic[K]):
             lane.close_lane()
             del self._lanes[lane.key]  # type: ignore[arg-type]
             return
-        lane.extras.idle_at = now
+        lane.idle_at = now
         heapq.heappush(self._lingering, (expiry, now, next(self._order), lane))
         if self._reaper_scope is None:
             self._reaper_scope = anyio.CancelScope()
@@ -1557,9 +1556,9 @@ class KeyedLanes(Generic[K]):
                             job._scope = scope
                             try:
                                 extras = job._extras
+                                if job._ordered:
+                                    await self._take_turn(job)
                                 if extras is not None or self._hooks:
-                                    if extras is not None and extras.ordered:
-                                        await self._take_turn(job)
                                     if self._retry is not None or extras is not None:
                                         self._note_start(job)  # its function is called now
                                     if self._breaker is not None:

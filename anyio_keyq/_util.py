@@ -23,6 +23,7 @@ def final(cls: type[T]) -> type[T]:
     def __init_subclass__(cls_: type[Any], /, **kwargs: Any) -> None:
         if not cls_.__module__.startswith(_PACKAGE):
             raise TypeError(f"{cls.__module__}.{cls.__qualname__} does not support subclassing")
+        super(cls, cls_).__init_subclass__(**kwargs)
 
     cls.__init_subclass__ = classmethod(__init_subclass__)  # type: ignore[assignment,method-assign]
     cls.__final__ = True  # type: ignore[attr-defined]

@@ -609,6 +609,16 @@ class TestClosing:
             with pytest.raises(LanesClosed):
                 lanes.submit_nowait("k", echo, 1)
 
+    async def test_lanes_closed_before_they_start_refuse_jobs(self) -> None:
+        lanes = KeyedLanes[str]()
+        lanes.close()
+        async with lanes:
+            with pytest.raises(LanesClosed):
+                lanes.submit_nowait("k", echo, 1)
+            with pytest.raises(LanesClosed):
+                await lanes.run("k", echo, 1)
+        assert lanes.statistics().submitted == 0
+
     async def test_misuse_of_the_lifecycle(self) -> None:
         lanes = KeyedLanes[str]()
         with pytest.raises(RuntimeError, match="not running"):

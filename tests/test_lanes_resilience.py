@@ -5,13 +5,15 @@ On virtual clocks: every retry, trial and refusal happens at an exact instant.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections import defaultdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
 import pytest
+import sniffio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -30,6 +32,9 @@ from anyio_keyq import (
 
 from .conftest import BACKENDS
 from .conftest import virtual_backend as anyio_backend  # noqa: F401
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 pytestmark = pytest.mark.anyio
 
@@ -724,6 +729,62 @@ class TestReviewedCorners:
         stats = shared.statistics()
         assert (stats.running, stats.retries, stats.cancelled) == (0, 0, 1)
         assert lanes.statistics().retried == 0
+
+    async def test_a_room_waiter_refused_by_a_halt_and_cancelled_at_once(self) -> None:
+        # The halt refuses the caller waiting for room, and the caller is cancelled
+        # before it runs again. A native asyncio cancellation reaches it in the wait,
+        # after the halt emptied the line it waited in: that raised ValueError. (An
+        # anyio or trio cancellation comes too late to interrupt the finished wait.)
+        trigger, release = anyio.Event(), anyio.Event()
+        cancel: list[Callable[[], object]] = []
+        outcome: list[str] = []
+        native = sniffio.current_async_library() == "asyncio"
+
+        async def failing() -> None:
+            await trigger.wait()
+            release.set()  # wakes the canceller before the halt wakes the caller
+            raise LookupError("for good")
+
+        async with KeyedLanes[str](on_failure="halt", max_pending=1) as lanes:
+            failed = lanes.submit_nowait("a", failing)
+            lanes.submit_nowait("a", anyio.lowlevel.checkpoint)  # the lane is full
+
+            async def caller() -> None:
+                with anyio.CancelScope() as scope:
+                    if native:
+                        task = asyncio.current_task()
+                        assert task is not None
+                        cancel.append(task.cancel)
+                    else:
+                        cancel.append(scope.cancel)
+                    try:
+                        await lanes.submit("a", anyio.lowlevel.checkpoint)
+                    except LaneHalted:
+                        outcome.append("halted")
+                        return
+                    except asyncio.CancelledError:
+                        if not native:
+                            raise
+                        outcome.append("cancelled")
+                        asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                        return
+                    outcome.append("submitted")
+                outcome.append("cancelled")
+
+            async def canceller() -> None:
+                await release.wait()
+                cancel[0]()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(caller)
+                tg.start_soon(canceller)
+                await anyio.wait_all_tasks_blocked()
+                assert lanes.statistics().waiting_for_room == 1
+                trigger.set()
+            assert outcome in (["cancelled"], ["halted"])
+            assert lanes.statistics().waiting_for_room == 0
+            assert "a" in lanes.halted
+            assert isinstance(failed.exception(), LookupError)
 
 
 class TestOnRealClocks:

@@ -77,3 +77,11 @@ def test_exception_hierarchy() -> None:
     assert issubclass(anyio_keyq.LaneDeadlock, RuntimeError)
     assert issubclass(anyio_keyq.JobCancelled, Exception)
     assert issubclass(anyio_keyq.CircuitOpen, Exception)
+
+
+def test_the_package_may_derive_from_its_final_classes() -> None:
+    # The job that opens a lane is a Lane: a Job like the others, and not generic.
+    from anyio_keyq._lane import Lane
+
+    assert issubclass(Lane, anyio_keyq.Job)
+    assert Lane.__parameters__ == ()  # Job[Any]: the package's subclass is not generic

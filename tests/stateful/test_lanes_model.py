@@ -87,12 +87,15 @@ class LanesModel(RuleBasedStateMachine):
 
     # -- rules ----------------------------------------------------------------------
 
-    @rule(key=st.sampled_from(KEYS))
-    def submit(self, key: str) -> None:
+    @rule(key=st.sampled_from(KEYS), explicit=st.booleans())
+    def submit(self, key: str, explicit: bool) -> None:
         index = len(self.records)
 
         def submit_now() -> None:
-            handle = self.lanes.submit_nowait(key, self._job, index)
+            if explicit:  # the lanes' default, given: the general path, not the short one
+                handle = self.lanes.submit_nowait(key, self._job, index, timeout=3600)
+            else:
+                handle = self.lanes.submit_nowait(key, self._job, index)
             self.records.append(Record(key, handle))
 
         self.call(submit_now)
