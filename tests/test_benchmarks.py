@@ -173,3 +173,20 @@ def test_all_distinct_keys_are_distinct() -> None:
     jobs = make_jobs(50, ALL_DISTINCT)
     assert len({key for key, _ in jobs}) == 50
     assert [index for _, index in jobs] == list(range(50))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_phases_probe_runs(backend: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.phases", backend, "100", "300"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    lines = done.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        f"{backend} K=100 collector on ",
+        f"{backend} K=100 collector off",
+        "bare loop of bodies",
+    ]
