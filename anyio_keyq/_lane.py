@@ -20,7 +20,15 @@ if TYPE_CHECKING:
     from ._rate import _TokenBucket
 
 
-class Lane(Job[Any]):
+if TYPE_CHECKING:
+    _AnyJob = Job[Any]
+else:
+    # Not subscripted at run time: an alias made at import would keep the module Job
+    # had then (anyio_keyq._job), before the package renames it for its docs.
+    _AnyJob = Job
+
+
+class Lane(_AnyJob):
     """A job that also keeps the bookkeeping of its key: its queue and its counts.
 
     A lane is not an object of its own: the job that opens a lane (the first job of an
