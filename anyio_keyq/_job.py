@@ -342,6 +342,7 @@ class Job(Generic[T]):
     def _settle(
         self, status: JobStatus, value: Any = None, exc: BaseException | None = None
     ) -> None:
+        # KeyedLanes._returned() has a copy of the FINISHED case: change both.
         self._status = status
         if status is _FINISHED:
             self._outcome = value

@@ -658,7 +658,7 @@ class KeyedLanes(Generic[K]):
         await self._wait_for_room(lane, job)
         return job
 
-    def _new_job(
+    def _new_job(  # submit_nowait() copies its default-options case: change both
         self,
         key: K,
         fn: Callable[..., Awaitable[T]],
@@ -783,6 +783,7 @@ class KeyedLanes(Generic[K]):
 
     def _enqueue(self, lane: Lane, job: Job[Any]) -> bool:
         """Queue *job*; return whether its lane has just become ready to start a job."""
+        # submit_nowait() has a copy for a new lane: change both.
         if lane.head is None:
             lane.head = job
         elif lane.queue is None:
@@ -1373,6 +1374,7 @@ class KeyedLanes(Generic[K]):
                 self._end_credit(credit)
 
     def _lane_idle(self, lane: Lane) -> None:
+        # _returned() has a copy of the case of a lane dropped at once: change both.
         if lane.head is not None:
             self._clear_queue(lane)  # cancelled jobs left behind
         extras = lane.lane_extras
