@@ -80,6 +80,9 @@ class Lane(_AnyJob):
     def close_lane(self) -> None:
         """The lane is dropped: let go of what it holds, keep the job's own fields."""
         self.live = False
+        # A live lane is its own job's lane: a reference cycle that only the cyclic
+        # collector could free. Nothing reads the lane of a job whose lane is dropped.
+        del self._lane
         self.idle_at = None
         self.queue = None
         self.lane_extras = None

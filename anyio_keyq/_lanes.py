@@ -7,7 +7,7 @@ import itertools
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable, Mapping
-from contextvars import copy_context
+from contextvars import Context, copy_context
 from dataclasses import dataclass
 from types import CoroutineType, MappingProxyType
 from typing import (
@@ -1150,6 +1150,7 @@ class KeyedLanes(Generic[K]):
             # _lane_idle(), inlined: nothing to tell, nothing to keep; drop the lane.
             lane.live = False
             lane.queue = None
+            del lane._lane  # see Lane.close_lane()
             del self._lanes[lane.key]  # type: ignore[arg-type]  # the key of a lane is a K
         else:
             self._lane_idle(lane)
@@ -1526,7 +1527,8 @@ class KeyedLanes(Generic[K]):
             home = self._home  # most jobs' context: equal by identity, the fast check
         plain = not self._hooks and self._per_key == 1  # see _returned()
         dirty = False
-        value: Any
+        value: Any = None
+        expected: Context | None = None
         try:
             while True:
                 if dirty:
@@ -1540,8 +1542,10 @@ class KeyedLanes(Generic[K]):
                     if self._weighted:
                         self._kick()
                     if job is None:
+                        # Let go of the last job, its snapshot and its value while parked.
                         if current_job.get() is not None:
-                            current_job.set(None)  # let go of the last job while parked
+                            current_job.set(None)
+                        expected = value = None
                         job = await self._park()
                         if job is None:
                             return

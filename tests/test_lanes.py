@@ -6,6 +6,7 @@ import gc
 import logging
 import math
 import re
+import weakref
 from collections import defaultdict
 from contextvars import ContextVar
 from typing import Any
@@ -393,6 +394,32 @@ class TestIdleTeardown:
             assert 5 not in lanes
             assert lanes.pending(5) == 0
             assert lanes.statistics().lanes == 0
+
+    @pytest.mark.parametrize(
+        "options",
+        [{}, {"timeout": 60}, {"idle_timeout": 0.01}],
+        ids=["default", "general-path", "lingering"],
+    )
+    async def test_finished_jobs_need_no_cyclic_collector(self, options: dict[str, Any]) -> None:
+        # The job that opens a lane carries the lane: once the lane is dropped, it must
+        # hold no reference cycle, or every job of a new key would wait for a full
+        # collection to be freed.
+        gc.collect()
+        gc.disable()
+        try:
+            timeout = options.pop("timeout", None)
+            async with KeyedLanes[str](**options) as lanes:
+                first = lanes.submit_nowait("a", echo, 1, timeout=timeout)
+                second = lanes.submit_nowait("a", echo, 2, timeout=timeout)
+                other = lanes.submit_nowait("b", echo, 3, timeout=timeout)
+                assert (await first, await second, await other) == (1, 2, 3)
+                await lanes.wait_idle()
+                refs = [weakref.ref(job) for job in (first, second, other)]
+                del first, second, other
+            # Lingering lanes are dropped when the lanes close.
+            assert [ref() for ref in refs] == [None, None, None]
+        finally:
+            gc.enable()
 
     async def test_live_lane_introspection(self) -> None:
         gate = Gate()
