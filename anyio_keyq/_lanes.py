@@ -43,7 +43,14 @@ from ._permits import (
 )
 from ._rate import RateLimiter, _TokenBucket
 from ._retry import Retry
-from ._util import check_bound, check_callable, check_positive_int, check_seconds, final
+from ._util import (
+    check_bound,
+    check_callable,
+    check_positive_int,
+    check_seconds,
+    final,
+    same_context,
+)
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -611,7 +618,11 @@ class KeyedLanes(Generic[K]):
             except TypeError:
                 raise _unhashable(key) from None
             ctx = copy_context()
-            if ctx == self._home:
+            try:  # same_context(), inlined
+                same = ctx == self._home
+            except Exception:
+                same = False
+            if same:
                 ctx = self._home
             job: Job[T]
             if lane is None:  # the job opens the lane of its key: see Lane
@@ -701,7 +712,7 @@ class KeyedLanes(Generic[K]):
         if retry is not None:
             _check_retry("retry", retry)
         ctx = copy_context()
-        if ctx == self._home:
+        if same_context(ctx, self._home):
             ctx = self._home  # one shared context instead of a copy per queued job
         job: Job[T]
         if lane is None:  # the job opens the lane of its key: see Lane
@@ -1523,7 +1534,7 @@ class KeyedLanes(Generic[K]):
         # per-step context switch; a job that changes the context retires the worker,
         # so that nothing it set leaks into the next job.
         home = copy_context()
-        if home == self._home:
+        if same_context(home, self._home):
             home = self._home  # most jobs' context: equal by identity, the fast check
         plain = not self._hooks and self._per_key == 1  # see _returned()
         dirty = False
@@ -1570,7 +1581,7 @@ class KeyedLanes(Generic[K]):
                                     if self._breaker is not None:
                                         self._enter_breaker(job)
                                 ctx = job._ctx
-                                if ctx is home or ctx == home:
+                                if ctx is home or same_context(ctx, home):
                                     # Set, never reset: the next job sets its own (a
                                     # reset costs as much as a set), and a parked
                                     # worker lets go of it.
@@ -1583,7 +1594,10 @@ class KeyedLanes(Generic[K]):
                                         else:
                                             value = await job._adapt(awaitable)
                                     finally:
-                                        dirty = copy_context() != expected
+                                        try:  # same_context(), inlined
+                                            dirty = copy_context() != expected
+                                        except Exception:
+                                            dirty = True
                                 else:
                                     value = await job._call()
                             except BaseException as exc:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from contextvars import Context
 
 T = TypeVar("T")
 
@@ -109,3 +110,16 @@ def check_positive_number(name: str, value: object) -> float:
     if not 0 < number < math.inf:  # NaN fails both comparisons
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return number
+
+
+def same_context(a: Context, b: Context) -> bool:
+    """Whether a job made in context *a* may run in context *b*: they hold equal values.
+
+    A context that was not changed in between is equal at once, by identity. Otherwise
+    values are compared with ``==``: a value whose ``==`` raises (an array, say) makes
+    them differ rather than fail the caller.
+    """
+    try:
+        return a == b
+    except Exception:
+        return False

@@ -988,6 +988,52 @@ class TestContext:
         assert retired == 0
 
 
+class Incomparable:
+    """A value whose ``==`` raises, as an array's truth value does."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __eq__(self, other: object) -> bool:
+        raise ValueError("the truth value of an Incomparable is ambiguous")
+
+    __hash__ = object.__hash__
+
+
+class TestIncomparableContextValues:
+    async def test_submitting_with_a_value_whose_eq_raises(self) -> None:
+        var: ContextVar[Incomparable] = ContextVar("var")
+        seen: list[str] = []
+
+        async def job() -> None:
+            seen.append(var.get().name)
+            await checkpoint()
+
+        var.set(Incomparable("home"))
+        async with KeyedLanes[int](limit=1) as lanes:
+            var.set(Incomparable("submitter"))
+            lanes.submit_nowait(1, job)
+            await lanes.submit(2, job)
+            await lanes.run(3, job)
+        assert seen == ["submitter"] * 3
+
+    async def test_a_job_that_sets_a_value_whose_eq_raises(self) -> None:
+        var: ContextVar[Incomparable] = ContextVar("var")
+        seen: list[str] = []
+
+        async def job(i: int) -> int:
+            seen.append(var.get().name)
+            var.set(Incomparable(f"set by {i}"))
+            await checkpoint()
+            return i
+
+        var.set(Incomparable("home"))
+        async with KeyedLanes[int](limit=1) as lanes:
+            jobs = [lanes.submit_nowait(i, job, i) for i in range(3)]
+        assert [job.result() for job in jobs] == [0, 1, 2]
+        assert seen == ["home"] * 3  # each job's value was retired with its worker
+
+
 class TestStatistics:
     async def test_statistics_snapshot_is_frozen_and_consistent(self) -> None:
         gate = Gate()
