@@ -823,6 +823,7 @@ class KeyedLanes(Generic[K]):
 
     def _start(self, lane: Lane, job: Job[Any], token: Token, credit: Credit | None) -> Job[Any]:
         """Take *job*, the first queued job of *lane*, and mark it running on *token*."""
+        # _returned_next() has a copy for a plain job on a reused permit: change both.
         queue = lane.queue
         lane.head = queue.popleft() if queue else None
         job._status = _RUNNING
@@ -874,6 +875,7 @@ class KeyedLanes(Generic[K]):
         *token* is a free permit the caller holds (or ``None``); it is used or released.
         Lanes with lent credits go first: they are what waiting jobs wait for.
         """
+        # _returned_next() has a copy for a plain job on a reused permit: change both.
         if self._lent_ready:
             job = self._next_on_credit(token)
             if job is not None:
@@ -1139,7 +1141,8 @@ class KeyedLanes(Generic[K]):
 
     def _returned(self, job: Job[Any], value: Any) -> Token | None:
         """:meth:`_finish` for a job that returned, with no extras, no retries or
-        breakers and ``per_key=1``: the path of most jobs, its calls inlined."""
+        breakers and ``per_key=1``: the path of most jobs (see :meth:`_returned_next`),
+        its calls inlined."""
         # Job._settle(), inlined.
         job._status = _FINISHED
         job._outcome = value
@@ -1172,6 +1175,53 @@ class KeyedLanes(Generic[K]):
         if not self._running and not self._queued:
             self._wake_idle()
         return token if token.holders == 0 else None
+
+    def _returned_next(self, job: Job[Any], value: Any) -> Job[Any] | None:
+        """:meth:`_returned`, then :meth:`_next` on the job's permit: the next job to run.
+
+        Most of the time nothing else claims the permit (no lent credits, weights or
+        rates) and the next ready job is plain too: the permit passes to it as it is.
+        """
+        token = self._returned(job, value)
+        if (
+            token is None
+            or self._lent_ready
+            or self._pacing
+            or self._weighted
+            or not self._permits.reuse
+        ):
+            return self._next(token)
+        # _next() and _start(), inlined for that case: change them and this together.
+        ready = self._ready
+        while ready:
+            lane = ready[0]
+            if not lane.queued or lane.running:
+                ready.popleft()
+                lane.in_ready = False
+                continue
+            head = lane.head
+            assert head is not None
+            if head._status is not _QUEUED:
+                head = self._first_queued(lane)
+            if head._extras is not None:
+                break  # it may weigh more than its permit: the general path
+            ready.popleft()
+            lane.in_ready = False
+            queue = lane.queue
+            lane.head = queue.popleft() if queue else None
+            head._status = _RUNNING
+            head._token = token
+            head._attempts += 1
+            token.holders = 1
+            lane.queued -= 1
+            lane.running = 1
+            lane.current = head
+            self._queued -= 1
+            self._running += 1
+            if self._room_waiting and lane.room:
+                self._admit(lane)
+            return head
+        return self._next(token)
 
     # -- retries, dead-letter and halted lanes -------------------------------------
 
@@ -1606,6 +1656,18 @@ class KeyedLanes(Generic[K]):
                                 if not isinstance(exc, Exception):
                                     raise
                             else:
+                                if (
+                                    plain
+                                    and job._extras is None
+                                    and timeout is None
+                                    and not dirty
+                                    and not job._cancel_requested
+                                ):
+                                    # The scope needs no reset: straight on to the next.
+                                    job = self._returned_next(job, value)
+                                    if job is None:
+                                        break
+                                    continue
                                 if plain and job._extras is None:
                                     free = self._returned(job, value)
                                 else:

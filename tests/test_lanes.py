@@ -456,6 +456,26 @@ class TestIdleTeardown:
 
 
 class TestCancellation:
+    async def test_queued_jobs_cancelled_while_their_lanes_wait_are_passed_over(self) -> None:
+        # With one permit, every lane below waits in line; cancelling a lane's only
+        # job, or the first of two, leaves the lane there for the next pick to skip.
+        gate = Gate()
+        async with KeyedLanes[str](limit=1) as lanes:
+            lanes.submit_nowait("a", gate.job, "a")
+            only = lanes.submit_nowait("b", gate.job, "b")
+            first = lanes.submit_nowait("c", gate.job, "c1")
+            lanes.submit_nowait("c", gate.job, "c2")
+            lanes.submit_nowait("d", gate.job, "d")
+            await anyio.wait_all_tasks_blocked()
+            only.cancel()
+            first.cancel()
+            for tag in ("a", "c2", "d"):
+                gate.open(tag)
+        assert gate.started == ["a", "c2", "d"]
+        assert only.status is first.status is JobStatus.CANCELLED
+        stats = lanes.statistics()
+        assert (stats.completed, stats.cancelled) == (3, 2)
+
     async def test_cancelled_run_caller_never_starts_queued_job(self) -> None:
         gate = Gate()
         async with KeyedLanes[str]() as lanes:
