@@ -185,6 +185,7 @@ class Job(Generic[T]):
         timeout: float | None,
         links: tuple[tuple[object, Hashable], ...] | None,
     ) -> None:
+        # Lane.__init__() has a copy of these, for speed: change both.
         self._owner = owner
         # The lane of the job's key (KeyedLanes; a job that opens it is the Lane).
         self._lane: Lane = lane

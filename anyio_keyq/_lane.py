@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._job import Job
+from ._job import _QUEUED, Job, _JobExtras
 
 if TYPE_CHECKING:
     from collections import deque
@@ -61,7 +61,24 @@ class Lane(_AnyJob):
         timeout: float | None,
         links: tuple[tuple[object, Hashable], ...] | None,
     ) -> None:
-        Job.__init__(self, owner, self, key, fn, args, ctx, timeout, links)  # pyright: ignore[reportUnknownMemberType]
+        # Job.__init__(), inlined: a key's first job is the path of every job with
+        # distinct keys. Change both together.
+        self._owner = owner
+        self._lane = self
+        self.key = key
+        self._fn = fn
+        self._args = args
+        self._ctx = ctx
+        self._timeout = timeout
+        self._status = _QUEUED
+        self._outcome = None
+        self._event = None
+        self._scope = None
+        self._token = None
+        self._cancel_requested = False
+        self._ordered = False
+        self._attempts = 0
+        self._extras = None if links is None else _JobExtras(links)
         # Jobs in submission order: the first in `head`, the others in `queue`, made
         # only when needed (most lanes never hold two). Cancelled jobs stay as
         # tombstones until popped.

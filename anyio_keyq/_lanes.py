@@ -1141,8 +1141,8 @@ class KeyedLanes(Generic[K]):
 
     def _returned(self, job: Job[Any], value: Any) -> Token | None:
         """:meth:`_finish` for a job that returned, with no extras, no retries or
-        breakers and ``per_key=1``: the path of most jobs (see :meth:`_returned_next`),
-        its calls inlined."""
+        breakers and ``per_key=1``, its calls inlined. :meth:`_returned_next` has a copy
+        (the path of most jobs): change both."""
         # Job._settle(), inlined.
         job._status = _FINISHED
         job._outcome = value
@@ -1182,14 +1182,40 @@ class KeyedLanes(Generic[K]):
         Most of the time nothing else claims the permit (no lent credits, weights or
         rates) and the next ready job is plain too: the permit passes to it as it is.
         """
-        token = self._returned(job, value)
-        if (
-            token is None
-            or self._lent_ready
-            or self._pacing
-            or self._weighted
-            or not self._permits.reuse
-        ):
+        # _returned(), inlined: change both together.
+        job._status = _FINISHED
+        job._outcome = value
+        job._scope = None
+        job._args = ()
+        job._ctx = _SPENT
+        if job._event is not None:
+            job._event.set()
+        self._completed += 1
+        self._running -= 1
+        lane = job._lane
+        lane.running = 0
+        lane.current = None
+        ready = self._ready
+        if lane.queued:
+            if not lane.in_ready:
+                lane.in_ready = True
+                ready.append(lane)
+        elif lane.head is None and lane.lane_extras is None and not self._linger and lane.live:
+            lane.live = False
+            lane.queue = None
+            del lane._lane  # see Lane.close_lane()
+            del self._lanes[lane.key]  # type: ignore[arg-type]  # the key of a lane is a K
+        else:
+            self._lane_idle(lane)
+        token = job._token
+        assert token is not None
+        token.holders -= 1
+        token.failed = False
+        if not self._running and not self._queued:
+            self._wake_idle()
+        if token.holders:  # a credit lent from it still runs a job
+            return self._next(None)
+        if self._lent_ready or self._pacing or self._weighted or not self._permits.reuse:
             return self._next(token)
         # _next() and _start(), inlined for that case: change them and this together.
         ready = self._ready

@@ -969,6 +969,27 @@ class TestHandle:
             assert await job == 1
 
 
+class TestHandleFields:
+    async def test_a_lanes_first_job_sets_every_field_a_job_sets(self) -> None:
+        # Lane.__init__() inlines Job.__init__(): a field added to one must be in both.
+        from anyio_keyq._job import Job as JobClass
+
+        fields = [name for name in JobClass.__slots__ if name != "__weakref__"]
+        gate = Gate()
+        async with KeyedLanes[str](limit=1) as lanes:
+            lanes.submit_nowait("busy", gate.job, 0)  # holds the permit
+            first = lanes.submit_nowait("k", gate.job, 1)
+            second = lanes.submit_nowait("k", gate.job, 2)
+            # Both are queued: only their constructors have set anything yet.
+            for job in (first, second):
+                assert job.status is JobStatus.QUEUED
+                assert [name for name in fields if not hasattr(job, name)] == []
+            assert type(first) is not type(second)  # the first one carries the lane
+            for tag in (0, 1, 2):
+                gate.open(tag)
+        assert gate.finished == [0, 1, 2]
+
+
 class TestContext:
     async def test_job_runs_in_a_copy_of_the_submitters_context(self) -> None:
         var: ContextVar[str] = ContextVar("var", default="unset")
