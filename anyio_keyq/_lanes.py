@@ -1614,8 +1614,12 @@ class KeyedLanes(Generic[K]):
             home = self._home  # most jobs' context: equal by identity, the fast check
         plain = not self._hooks and self._per_key == 1  # see _returned()
         dirty = False
+        # Locals that hold a job's things: cleared before the worker parks.
         value: Any = None
         expected: Context | None = None
+        ctx: Context | None = None
+        extras: _JobExtras | None = None
+        awaitable: Any = None
         try:
             while True:
                 if dirty:
@@ -1629,10 +1633,11 @@ class KeyedLanes(Generic[K]):
                     if self._weighted:
                         self._kick()
                     if job is None:
-                        # Let go of the last job, its snapshot and its value while parked.
+                        # Let go of the last job (its context, snapshot, extras and
+                        # value) while parked.
                         if current_job.get() is not None:
                             current_job.set(None)
-                        expected = value = None
+                        expected = ctx = extras = awaitable = value = None
                         job = await self._park()
                         if job is None:
                             return
@@ -1664,7 +1669,7 @@ class KeyedLanes(Generic[K]):
                                     current_job.set(job)
                                     expected = copy_context()
                                     try:
-                                        awaitable: Any = job._fn(*job._args)
+                                        awaitable = job._fn(*job._args)
                                         if type(awaitable) is CoroutineType:
                                             value = await awaitable  # pyright: ignore[reportUnknownVariableType]
                                         else:

@@ -407,6 +407,7 @@ class TestIdleTeardown:
         gc.collect()
         gc.disable()
         try:
+            options = dict(options)  # the parameter is shared between runs
             timeout = options.pop("timeout", None)
             async with KeyedLanes[str](**options) as lanes:
                 first = lanes.submit_nowait("a", echo, 1, timeout=timeout)
@@ -420,6 +421,20 @@ class TestIdleTeardown:
             assert [ref() for ref in refs] == [None, None, None]
         finally:
             gc.enable()
+
+    @pytest.mark.parametrize("own_context", [False, True], ids=["home", "own-context"])
+    async def test_a_parked_worker_keeps_no_job_alive(self, own_context: bool) -> None:
+        var: ContextVar[int] = ContextVar("var", default=0)
+        async with KeyedLanes[str]() as lanes:
+            if own_context:
+                var.set(1)  # the job's context differs from the workers': it runs apart
+            job = lanes.submit_nowait("k", echo, object())
+            await job
+            await anyio.wait_all_tasks_blocked()
+            assert lanes.statistics().idle_workers == 1
+            ref = weakref.ref(job)
+            del job
+            assert ref() is None
 
     async def test_live_lane_introspection(self) -> None:
         gate = Gate()
