@@ -60,3 +60,20 @@ class TestTimeouts:
             slow = lanes.submit_nowait("b", anyio.sleep, 5)
             await slow
         assert lanes.statistics().timed_out == 0
+
+    async def test_a_timed_job_handed_on_by_an_untimed_one_keeps_its_limit(self) -> None:
+        # One permit: each job's worker hands it straight to the next ready job, in
+        # the cancel scope it already has; the timed job still gets its own deadline.
+        async with KeyedLanes[str](limit=1) as lanes:
+            t0 = anyio.current_time()
+            first = lanes.submit_nowait("a", anyio.sleep, 1)
+            timed = lanes.submit_nowait("b", anyio.sleep, 10, timeout=2)
+            last = lanes.submit_nowait("c", anyio.sleep, 1)
+            await first
+            with pytest.raises(TimeoutError):
+                await timed
+            assert anyio.current_time() - t0 == 3
+            await last
+            assert anyio.current_time() - t0 == 4
+        stats = lanes.statistics()
+        assert (stats.timed_out, stats.completed) == (1, 2)
