@@ -35,6 +35,17 @@ class TestIdleTimeout:
         assert len(lanes) == 0
 
 
+    async def test_a_timed_jobs_lane_lingers_too(self) -> None:
+        async with KeyedLanes[str](idle_timeout=5) as lanes:
+            start = anyio.current_time()
+            assert await lanes.run("k", echo, 1, timeout=10) == 1
+            await anyio.sleep(4.5)
+            assert "k" in lanes
+            await anyio.sleep(1)
+            assert "k" not in lanes
+            assert anyio.current_time() - start == 5.5
+
+
 class TestTimeouts:
     async def test_job_over_its_limit_times_out_and_lane_goes_on(self) -> None:
         async with KeyedLanes[str](timeout=2) as lanes:
