@@ -34,7 +34,6 @@ class TestIdleTimeout:
         assert anyio.current_time() == exit_at
         assert len(lanes) == 0
 
-
     async def test_a_timed_jobs_lane_lingers_too(self) -> None:
         async with KeyedLanes[str](idle_timeout=5) as lanes:
             start = anyio.current_time()
