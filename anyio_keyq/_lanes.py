@@ -1141,8 +1141,8 @@ class KeyedLanes(Generic[K]):
 
     def _returned(self, job: Job[Any], value: Any) -> Token | None:
         """:meth:`_finish` for a job that returned, with no extras, no retries or
-        breakers and ``per_key=1``, its calls inlined. :meth:`_returned_next` has a copy
-        (the path of most jobs): change both."""
+        breakers and ``per_key=1``, its calls inlined (most of them reach it through
+        :meth:`_returned_next`)."""
         # Job._settle(), inlined.
         job._status = _FINISHED
         job._outcome = value
@@ -1182,38 +1182,8 @@ class KeyedLanes(Generic[K]):
         Most of the time nothing else claims the permit (no lent credits, weights or
         rates) and the next ready job is plain too: the permit passes to it as it is.
         """
-        # _returned(), inlined: change both together.
-        job._status = _FINISHED
-        job._outcome = value
-        job._scope = None
-        job._args = ()
-        job._ctx = _SPENT
-        if job._event is not None:
-            job._event.set()
-        self._completed += 1
-        self._running -= 1
-        lane = job._lane
-        lane.running = 0
-        lane.current = None
-        ready = self._ready
-        if lane.queued:
-            if not lane.in_ready:
-                lane.in_ready = True
-                ready.append(lane)
-        elif lane.head is None and lane.lane_extras is None and not self._linger and lane.live:
-            lane.live = False
-            lane.queue = None
-            del lane._lane  # see Lane.close_lane()
-            del self._lanes[lane.key]  # type: ignore[arg-type]  # the key of a lane is a K
-        else:
-            self._lane_idle(lane)
-        token = job._token
-        assert token is not None
-        token.holders -= 1
-        token.failed = False
-        if not self._running and not self._queued:
-            self._wake_idle()
-        if token.holders:  # a credit lent from it still runs a job
+        token = self._returned(job, value)
+        if token is None:  # a credit lent from it still runs a job
             return self._next(None)
         if self._lent_ready or self._pacing or self._weighted or not self._permits.reuse:
             return self._next(token)
@@ -1687,22 +1657,16 @@ class KeyedLanes(Generic[K]):
                                 if not isinstance(exc, Exception):
                                     raise
                             else:
-                                if (
-                                    plain
-                                    and job._extras is None
-                                    and timeout is None
-                                    and not dirty
-                                    and not job._cancel_requested
-                                ):
+                                if not plain or job._extras is not None:
+                                    free = self._finish(job, _FINISHED, value)
+                                elif timeout is None and not dirty and not job._cancel_requested:
                                     # The scope needs no reset: straight on to the next.
                                     job = self._returned_next(job, value)
                                     if job is None:
                                         break
                                     continue
-                                if plain and job._extras is None:
-                                    free = self._returned(job, value)
                                 else:
-                                    free = self._finish(job, _FINISHED, value)
+                                    free = self._returned(job, value)
                         if dirty:
                             job = None
                             break
