@@ -190,3 +190,47 @@ def test_the_phases_probe_runs(backend: str) -> None:
         f"{backend} K=100 collector off",
         "bare loop of bodies",
     ]
+
+
+# -- the floor under KeyedLanes (benchmarks.floor) --------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", ["ordered", "handles", "contexts"])
+@pytest.mark.parametrize("keys", [1, 3, ALL_DISTINCT])
+def test_the_floor_runners_keep_per_key_order(backend: str, name: str, keys: int) -> None:
+    from benchmarks.floor import ROWS
+    from benchmarks.harness import check_once
+
+    (design,) = [row for row in ROWS if row.name == name]
+    # Sleeping bodies: the jobs of a key finish out of step, so busy keys are common.
+    jobs = make_jobs(600, keys)
+    check = check_once(backend, design, jobs, "sleep", [0.0005 * (i % 3) for i in range(600)], 50)
+    assert check.ok(ordered=True), check.describe()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_floor_table_runs(backend: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.floor", backend, "--keys=7,all", "-n=300", "-r=1"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    lines = done.stdout.splitlines()
+    assert lines[0] == "| backend | K | bare | ordered | handles | contexts | keyed-lanes |"
+    rows = [line.split(" | ") for line in lines[2:4]]
+    assert [row[:2] for row in rows] == [[f"| {backend}", "7"], [f"| {backend}", "distinct"]]
+    for row in rows:
+        assert row[2].endswith("(1.00x)")  # the bare loop is the unit
+        assert all(cell.endswith("x)") or cell.endswith("x) |") for cell in row[2:])
+
+
+def test_the_floor_rejects_an_unknown_backend() -> None:
+    from benchmarks.floor import main
+
+    with pytest.raises(SystemExit) as raised:
+        main(["curio"])
+    assert raised.value.code == 2
