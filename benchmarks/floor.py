@@ -35,19 +35,28 @@ from __future__ import annotations
 import argparse
 import statistics
 from collections import deque
+from contextlib import asynccontextmanager
 from contextvars import Context, ContextVar, copy_context
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 
 from .designs import DESIGNS, Design
-from .harness import BACKENDS, check_once, time_once
+from .harness import (
+    BACKENDS,
+    Config,
+    LatencyResult,
+    check_once,
+    measure_latency,
+    time_once,
+)
 from .workload import ALL_DISTINCT, make_jobs
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 
     from .designs import Body, JobSpec
+    from .harness import Submit
 
 
 class _Handle:
@@ -220,6 +229,81 @@ async def contexts(jobs: Sequence[JobSpec], body: Body, limit: int) -> None:
             submit(key, body, key, index)
 
 
+# -- latency: the least a capped dispatcher can be -------------------------------------------
+
+
+class _PoolWorker:
+    __slots__ = ("event", "job")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.job: tuple[Callable[..., Awaitable[Any]], tuple[Any, ...]] | None = None
+
+
+@asynccontextmanager
+async def pool_dispatcher(limit: int) -> AsyncGenerator[Submit]:
+    """*limit* parked workers, each woken by an event of its own, and a FIFO backlog.
+
+    The floor for the latency of a job handed to a parked worker, the way
+    :class:`~anyio_keyq.KeyedLanes` hands it: no keys, handles, contexts or fairness.
+    """
+    idle: list[_PoolWorker] = []
+    backlog: deque[tuple[Callable[..., Awaitable[Any]], tuple[Any, ...]]] = deque()
+    drained = anyio.Event()
+    closing = False
+
+    async def work(worker: _PoolWorker) -> None:
+        while True:
+            await worker.event.wait()
+            if worker.job is None:
+                return  # closed
+            (fn, args), worker.job = worker.job, None
+            worker.event = anyio.Event()
+            while True:
+                await fn(*args)
+                if not backlog:
+                    break
+                fn, args = backlog.popleft()
+            idle.append(worker)
+            if closing and len(idle) == limit:
+                drained.set()
+
+    def submit(key: int, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        if idle:
+            worker = idle.pop()
+            worker.job = (fn, args)
+            worker.event.set()
+        else:
+            backlog.append((fn, args))
+
+    async with anyio.create_task_group() as tg:
+        workers = [_PoolWorker() for _ in range(limit)]
+        for worker in workers:
+            tg.start_soon(work, worker)
+        idle.extend(workers)
+        yield submit
+        closing = True
+        if len(idle) < limit:
+            await drained.wait()
+        for worker in workers:
+            worker.event.set()
+
+
+def latency_table(results: Sequence[tuple[str, LatencyResult]]) -> str:
+    """A Markdown table of the latency runs (both at 70 % of the lanes' capacity)."""
+    lines = [
+        "| backend | dispatcher | capacity (jobs/s) | rate (jobs/s) | p50 (ms) | p99 (ms) "
+        "| p99 / p50 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results:
+        lines.append(
+            f"| {r.backend} | {name} | {r.capacity:,.0f} | {r.rate:,.0f} | {r.p50_ms:.3f} "
+            f"| {r.p99_ms:.3f} | {r.p99_ms / r.p50_ms:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def _floor_design(name: str, run: Callable[..., Any], description: str) -> Design:
     return Design(
         name,
@@ -293,12 +377,30 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--keys", type=_keys, default=[10_000, ALL_DISTINCT])
     parser.add_argument("-n", type=int, default=200_000, help="jobs per run (200,000)")
     parser.add_argument("-r", "--repeats", type=int, default=5, help="timing runs per row (5)")
+    parser.add_argument(
+        "--latency",
+        type=float,
+        metavar="SECONDS",
+        help="instead: the suite's latency run for KeyedLanes, then for the pool floor at "
+        "the same rate, with SECONDS of arrivals each (the suite's: 3)",
+    )
     options = parser.parse_args(argv)
     unknown = [name for name in options.backends if name not in BACKENDS]
     if unknown:
         parser.error(f"unknown backend {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
+    backends = options.backends or list(BACKENDS)
+    if options.latency is not None:
+        config = Config(latency_seconds=options.latency)
+        results: list[tuple[str, LatencyResult]] = []
+        for backend in backends:
+            lanes = measure_latency(config, backend)
+            # The same arrivals for the floor: 70 % of the lanes' capacity.
+            pool = measure_latency(config, backend, pool_dispatcher, lanes.capacity)
+            results += [("pool", pool), ("keyed-lanes", lanes)]
+        print(latency_table(results))
+        return
     rows: list[tuple[str, str, dict[str, float]]] = []
-    for backend in options.backends or list(BACKENDS):
+    for backend in backends:
         for keys in options.keys:
             seconds = measure(backend, keys, options.n, options.repeats)
             label = "distinct" if keys == ALL_DISTINCT else f"{keys:,}"

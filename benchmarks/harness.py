@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -34,9 +35,15 @@ from .workload import (
 _ROOT: Final = Path(__file__).resolve().parent.parent
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+    from contextlib import AbstractAsyncContextManager
 
     from .designs import Body, JobSpec
+
+    #: Submits ``fn(*args)`` for *key* at once (never blocks).
+    Submit = Callable[..., object]
+    #: Opens a dispatcher capped at *limit* running jobs; leaving it waits for every job.
+    Dispatcher = Callable[[int], AbstractAsyncContextManager[Submit]]
 
 T = TypeVar("T")
 
@@ -484,11 +491,25 @@ def percentile(sorted_values: Sequence[float], fraction: float) -> float:
     return sorted_values[rank - 1]
 
 
-def measure_latency(config: Config, backend: str) -> LatencyResult:
-    """Capacity of KeyedLanes with fixed-duration jobs, then latency at a steady rate.
+@asynccontextmanager
+async def keyed_lanes_dispatcher(limit: int) -> AsyncGenerator[Submit]:
+    """:class:`KeyedLanes` with a limit: the dispatcher of the suite's latency runs."""
+    async with KeyedLanes[int](limit=limit) as lanes:
+        yield lanes.submit_nowait
+
+
+def measure_latency(
+    config: Config,
+    backend: str,
+    dispatcher: Dispatcher = keyed_lanes_dispatcher,
+    capacity: float | None = None,
+) -> LatencyResult:
+    """Capacity of a dispatcher with fixed-duration jobs, then latency at a steady rate.
 
     Every job has a key of its own, so the latency is that of the lanes' scheduling and
-    global limit, not of waiting behind earlier jobs of the same key.
+    global limit, not of waiting behind earlier jobs of the same key. The dispatcher is
+    :class:`KeyedLanes` unless another is given, and the rate a fraction of its own
+    capacity unless *capacity* is given (see :mod:`benchmarks.floor`).
     """
     job_seconds = config.job_seconds
     limit = config.limit
@@ -498,12 +519,13 @@ def measure_latency(config: Config, backend: str) -> LatencyResult:
 
     async def capacity_run() -> float:
         start = time.perf_counter()
-        async with KeyedLanes[int](limit=limit) as lanes:
+        async with dispatcher(limit) as submit:
             for key in range(config.capacity_jobs):
-                lanes.submit_nowait(key, job)
+                submit(key, job)
         return config.capacity_jobs / (time.perf_counter() - start)
 
-    capacity = run_on(backend, capacity_run)
+    if capacity is None:
+        capacity = run_on(backend, capacity_run)
     rate = capacity * config.load
     total = max(1, round(rate * config.latency_seconds))
     # Time stamps from perf_counter: uvloop's clock ticks in whole milliseconds.
@@ -518,7 +540,7 @@ def measure_latency(config: Config, backend: str) -> LatencyResult:
 
     async def latency_run() -> None:
         stamp = time.perf_counter
-        async with KeyedLanes[int](limit=limit) as lanes:
+        async with dispatcher(limit) as submit:
             # The loop's clock paces; perf_counter measures (both are monotonic).
             loop_origin = anyio.current_time() + 0.01
             origin = stamp() + 0.01
@@ -534,7 +556,7 @@ def measure_latency(config: Config, backend: str) -> LatencyResult:
                 wakes[0] += 1
                 while index < upto:
                     submitted[index] = stamp()
-                    lanes.submit_nowait(index, timed_job, index)
+                    submit(index, timed_job, index)
                     index += 1
 
     # As in the timing runs: the harness's own objects are out of the collector's sight.

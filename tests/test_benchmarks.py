@@ -234,3 +234,50 @@ def test_the_floor_rejects_an_unknown_backend() -> None:
     with pytest.raises(SystemExit) as raised:
         main(["curio"])
     assert raised.value.code == 2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_pool_floor_runs_every_job_within_its_limit(backend: str) -> None:
+    from benchmarks.floor import pool_dispatcher
+    from benchmarks.harness import run_on
+
+    ran: list[int] = []
+    running = peak = 0
+
+    async def job(index: int) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        ran.append(index)
+        await anyio.sleep(0.0005 * (index % 3))
+        running -= 1
+
+    async def main() -> None:
+        async with pool_dispatcher(5) as submit:
+            for index in range(40):
+                submit(index, job, index)
+            await anyio.wait_all_tasks_blocked()
+            for index in range(40, 60):  # some workers are parked again by now
+                submit(index, job, index)
+
+    run_on(backend, main)
+    assert sorted(ran) == list(range(60))
+    assert sorted(ran[:5]) == [0, 1, 2, 3, 4]  # the first jobs went to the workers at once
+    assert peak == 5
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_floor_latency_table_runs(backend: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.floor", backend, "--latency=0.05"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("| backend | dispatcher | capacity (jobs/s) | rate (jobs/s) |")
+    rows = [line.split(" | ") for line in lines[2:]]
+    assert [row[:2] for row in rows] == [[f"| {backend}", "pool"], [f"| {backend}", "keyed-lanes"]]
+    assert rows[0][3] == rows[1][3]  # the same arrival rate for both
