@@ -1602,17 +1602,19 @@ class KeyedLanes(Generic[K]):
                     free = None
                     if self._weighted:
                         self._kick()
-                    if job is None:
-                        # Let go of the last job (its context, snapshot, extras and
-                        # value) while parked.
-                        if current_job.get() is not None:
-                            current_job.set(None)
-                        expected = ctx = extras = awaitable = value = None
-                        job = await self._park()
-                        if job is None:
-                            return
                 with anyio.CancelScope() as scope:
                     while True:
+                        if job is None:
+                            # Park in the scope: nothing has cancelled it and it has no
+                            # deadline, so the next job needs no new one (entering and
+                            # leaving a scope costs 5 µs on asyncio, 12 on trio). Let go
+                            # of the last job (context, snapshot, extras, value) first.
+                            if current_job.get() is not None:
+                                current_job.set(None)
+                            expected = ctx = extras = awaitable = value = None
+                            job = await self._park()
+                            if job is None:
+                                return
                         timeout = job._timeout
                         if job._cancel_requested:  # cancelled between hand-off and start
                             job._attempts -= 1  # its function was not called
@@ -1660,10 +1662,9 @@ class KeyedLanes(Generic[K]):
                                 if not plain or job._extras is not None:
                                     free = self._finish(job, _FINISHED, value)
                                 elif timeout is None and not dirty and not job._cancel_requested:
-                                    # The scope needs no reset: straight on to the next.
+                                    # The scope needs no reset: straight on to the next
+                                    # job, or to parking.
                                     job = self._returned_next(job, value)
-                                    if job is None:
-                                        break
                                     continue
                                 else:
                                     free = self._returned(job, value)
@@ -1676,8 +1677,8 @@ class KeyedLanes(Generic[K]):
                         free = None
                         if self._weighted:  # a heavy job's permit may fit more than one
                             self._kick()
-                        if job is None or (check and scope.cancel_called):
-                            break
+                        if check and scope.cancel_called:
+                            break  # a new scope, for the next job or to park in
                         if timeout is not None:
                             scope.deadline = math.inf
         except BaseException:
