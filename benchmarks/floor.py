@@ -292,8 +292,8 @@ async def pool_dispatcher(limit: int) -> AsyncGenerator[Submit]:
 def latency_table(results: Sequence[tuple[str, LatencyResult]]) -> str:
     """A Markdown table of the latency runs (both at 70 % of the lanes' capacity)."""
     lines = [
-        "| backend | dispatcher | capacity (jobs/s) | rate (jobs/s) | p50 (ms) | p99 (ms) "
-        "| p99 / p50 |",
+        "| backend | dispatcher | lanes' capacity (jobs/s) | rate (jobs/s) | p50 (ms) "
+        "| p99 (ms) | p99 / p50 |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, r in results:

@@ -277,7 +277,7 @@ def test_the_floor_latency_table_runs(backend: str) -> None:
         timeout=120,
     )
     lines = done.stdout.splitlines()
-    assert lines[0].startswith("| backend | dispatcher | capacity (jobs/s) | rate (jobs/s) |")
+    assert lines[0].startswith("| backend | dispatcher | lanes' capacity (jobs/s) | rate")
     rows = [line.split(" | ") for line in lines[2:]]
     assert [row[:2] for row in rows] == [[f"| {backend}", "pool"], [f"| {backend}", "keyed-lanes"]]
     assert rows[0][3] == rows[1][3]  # the same arrival rate for both

@@ -96,6 +96,8 @@ class TestParkedWorkers:
 
     @staticmethod
     def count_scopes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+        # Counts every scope made through ``anyio.CancelScope``: in these tests, with
+        # default options, only the workers make any.
         made = [0]
         real = anyio.CancelScope
 
@@ -146,12 +148,59 @@ class TestParkedWorkers:
             if how == "cancel":
                 job.cancel()
             await job.wait()
-            assert job.status is (JobStatus.FAILED if how == "timeout" else JobStatus.CANCELLED)
+            if how == "timeout":
+                assert isinstance(job.exception(), TimeoutError)
+                assert lanes.statistics().timed_out == 1
+            else:
+                assert job.status is JobStatus.CANCELLED
             await anyio.wait_all_tasks_blocked()
             assert lanes.statistics().idle_workers == 1
             assert made == [2]  # the job's, then a fresh one to park in
             t0 = anyio.current_time()
             await lanes.run("b", anyio.sleep, 5)  # not cut short by the spent scope
             assert anyio.current_time() - t0 == 5
+            assert made == [2]
+            monkeypatch.undo()
+
+    async def test_a_job_cancelled_before_it_starts_leaves_the_scope_unspent(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        async with KeyedLanes[str]() as lanes:
+            made = self.count_scopes(monkeypatch)
+            assert await lanes.run("a", echo, 1) == 1
+            await anyio.wait_all_tasks_blocked()
+            job = lanes.submit_nowait("b", anyio.sleep, 10)  # handed to the parked worker
+            job.cancel()  # before the worker wakes: its function is never called
+            await job.wait()
+            assert (job.status, job.attempts) == (JobStatus.CANCELLED, 0)
+            await anyio.wait_all_tasks_blocked()
+            assert lanes.statistics().idle_workers == 1
+            t0 = anyio.current_time()
+            await lanes.run("c", anyio.sleep, 5)
+            assert anyio.current_time() - t0 == 5
+            assert made == [1]  # nothing cancelled the scope: the worker kept it
+            monkeypatch.undo()
+
+    async def test_a_job_that_swallows_its_cancel_leaves_a_spent_scope(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        async def stubborn() -> str:
+            try:
+                await anyio.sleep(10)
+            except anyio.get_cancelled_exc_class():
+                return "kept going"
+            return "slept"
+
+        async with KeyedLanes[str]() as lanes:
+            made = self.count_scopes(monkeypatch)
+            job = lanes.submit_nowait("a", stubborn)
+            await anyio.wait_all_tasks_blocked()
+            job.cancel()
+            assert await job == "kept going"  # its outcome is kept
+            await anyio.wait_all_tasks_blocked()
+            assert lanes.statistics().idle_workers == 1
+            t0 = anyio.current_time()
+            assert await lanes.run("b", stubborn) == "slept"  # not cancelled at once
+            assert anyio.current_time() - t0 == 10
             assert made == [2]
             monkeypatch.undo()
