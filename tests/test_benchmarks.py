@@ -209,17 +209,22 @@ def test_the_floor_runners_keep_per_key_order(backend: str, name: str, keys: int
     assert check.ok(ordered=True), check.describe()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_the_floor_table_runs(backend: str) -> None:
+def floor_table(*args: str) -> list[str]:
+    """The lines that ``python -m benchmarks.floor *args`` prints."""
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.floor", backend, "--keys=7,all", "-n=300", "-r=1"],
+        [sys.executable, "-m", "benchmarks.floor", *args],
         capture_output=True,
         text=True,
         check=True,
         cwd=ROOT,
         timeout=120,
     )
-    lines = done.stdout.splitlines()
+    return done.stdout.splitlines()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_floor_table_runs(backend: str) -> None:
+    lines = floor_table(backend, "--keys=7,all", "-n=300", "-r=1")
     assert lines[0] == "| backend | K | bare | ordered | handles | contexts | keyed-lanes |"
     rows = [line.split(" | ") for line in lines[2:4]]
     assert [row[:2] for row in rows] == [[f"| {backend}", "7"], [f"| {backend}", "distinct"]]
@@ -268,15 +273,7 @@ def test_the_pool_floor_runs_every_job_within_its_limit(backend: str) -> None:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_the_floor_latency_table_runs(backend: str) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.floor", backend, "--latency=0.05"],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ROOT,
-        timeout=120,
-    )
-    lines = done.stdout.splitlines()
+    lines = floor_table(backend, "--latency=0.05")
     assert lines[0].startswith("| backend | dispatcher | lanes' capacity (jobs/s) | rate")
     rows = [line.split(" | ") for line in lines[2:]]
     assert [row[:2] for row in rows] == [[f"| {backend}", "pool"], [f"| {backend}", "keyed-lanes"]]
